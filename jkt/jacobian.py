@@ -1,0 +1,247 @@
+"""Input Jacobians of batched networks, as pure functions of ``(fn, x, ...)``.
+
+``fn`` maps a batch ``x`` of shape ``(B, *D)`` to outputs ``(B, K)``. For networks
+whose examples are independent (inference-mode BatchNorm, per-example layers), row
+``b`` of every result is example ``b``'s own Jacobian. In training mode BatchNorm
+couples the examples of a batch through its statistics; the gradients are then those
+of the summed objective, exactly as ``torch.autograd.grad`` computes them in the
+paper's kind of code (the coupling is O(1/B)).
+
+Estimators of the Jacobian-matching loss ``Σ_i ‖∇_x T^i - ∇_x S^i‖²`` (prop. 1):
+
+==============  ===========================  ==============================================
+estimator       cost per network             what it estimates
+==============  ===========================  ==============================================
+``label``       1 reverse pass               the true-label row only (§4.1, paper default)
+``top``         1 reverse pass               the teacher's top output row (§4.1)
+``random``      1 reverse pass               full loss, unbiased: v ~ N(0, I_K) in output space
+``rademacher``  1 reverse pass               full loss, unbiased, lower variance (v ∈ {±1}^K)
+``jvp``         1 forward-mode pass          full loss, unbiased: u ~ N(0, I_D) in input space
+``full``        K reverse passes             exact full loss
+==============  ===========================  ==============================================
+
+For Gaussian probes the output- and input-space estimators have the *same* variance,
+``2 ‖A Aᵀ‖_F²`` with ``A = J_s - J_t`` (``vᵀAAᵀv`` and ``uᵀAᵀAu`` are Gaussian quadratic
+forms of matrices with equal non-zero spectra); Rademacher probes remove the diagonal
+part, ``2(‖AAᵀ‖_F² - Σ_i (AAᵀ)_ii²)``. ``tests/jacobian_test.py`` measures all three.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jkt.losses import attention_map
+
+COTANGENT_MODES = ("label", "top", "random", "rademacher")
+
+Fn = Callable[[jax.Array], jax.Array]
+
+
+def _check_outputs(name: str, y, x: jax.Array) -> None:
+    if getattr(y, "ndim", None) != 2 or y.shape[0] != x.shape[0]:
+        shape = getattr(y, "shape", type(y).__name__)
+        raise ValueError(
+            f"{name}: fn must map x of shape (B, ...) = {tuple(x.shape)} to outputs (B, K); "
+            f"got {shape}"
+        )
+
+
+def vjp_input(fn: Fn, x: jax.Array, cotangent: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Outputs and the input gradient of ``⟨fn(x), cotangent⟩`` from one ``jax.vjp``.
+
+    Args:
+      fn: ``(B, *D) -> (B, K)``.
+      x: ``(B, *D)`` inputs.
+      cotangent: ``(B, K)`` output-space weights (e.g. from :func:`select_cotangent`).
+    Returns:
+      ``(y, g)``: ``y = fn(x)`` of shape ``(B, K)``; ``g = ∂⟨y, cotangent⟩/∂x`` of shape
+      ``(B, *D)``. With a one-hot cotangent, row ``b`` of ``g`` is ``∇_x y_b[c_b]``.
+    """
+    y, pullback = jax.vjp(fn, x)
+    _check_outputs("vjp_input", y, x)
+    if cotangent.shape != y.shape:
+        raise ValueError(
+            f"vjp_input: cotangent shape {tuple(cotangent.shape)} must equal the output shape "
+            f"{tuple(y.shape)}"
+        )
+    (g,) = pullback(cotangent.astype(y.dtype))
+    return y, g
+
+
+def jvp_input(fn: Fn, x: jax.Array, tangent: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Outputs and the Jacobian-vector product ``J·tangent`` from one forward-mode ``jax.jvp``.
+
+    With ``tangent ~ N(0, I_D)`` per example, ``E‖(J_s - J_t) u‖² = ‖J_s - J_t‖_F²``, the
+    full prop.-1 Jacobian loss over all K outputs (Sobolev training's stochastic variant).
+
+    Args:
+      fn: ``(B, *D) -> (B, K)``.
+      x: ``(B, *D)``.
+      tangent: ``(B, *D)`` input-space direction.
+    Returns:
+      ``(y, jv)``, both ``(B, K)``.
+    """
+    if tangent.shape != x.shape:
+        raise ValueError(
+            f"jvp_input: tangent shape {tuple(tangent.shape)} must equal x shape {tuple(x.shape)}"
+        )
+    y, jv = jax.jvp(fn, (x,), (tangent.astype(x.dtype),))
+    _check_outputs("jvp_input", y, x)
+    return y, jv
+
+
+def full_jacobian(fn: Fn, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The per-example Jacobian of all K outputs: one forward pass, K vmapped pullbacks.
+
+    ``jax.vmap`` over the pullback of one ``jax.vjp`` shares the forward pass between the
+    K reverse passes (``jax.jacrev`` of the batched function would instead build
+    ``(B, K, B, *D)`` and need a diagonal extraction).
+
+    Args:
+      fn: ``(B, *D) -> (B, K)``.
+      x: ``(B, *D)``.
+    Returns:
+      ``(y, J)``: ``y`` of shape ``(B, K)``, ``J`` of shape ``(B, K, *D)`` with
+      ``J[b, k] = ∇_x y_b[k]``.
+    """
+    y, pullback = jax.vjp(fn, x)
+    _check_outputs("full_jacobian", y, x)
+    b, k = y.shape
+    basis = jnp.broadcast_to(jnp.eye(k, dtype=y.dtype)[:, None, :], (k, b, k))
+    (jac,) = jax.vmap(pullback)(basis)  # (K, B, *D)
+    return y, jnp.swapaxes(jac, 0, 1)
+
+
+def select_cotangent(
+    logits: jax.Array,
+    mode: str,
+    *,
+    labels: jax.Array | None = None,
+    key: jax.Array | None = None,
+) -> jax.Array:
+    """Output-space weights ``v`` for a single-pass Jacobian estimate ``Jᵀv`` (§4.1).
+
+    Args:
+      logits: ``(B, K)``. For ``"top"`` pass the *teacher's* logits, so student and
+        teacher differentiate the same output.
+      mode: ``"label"`` one-hot of ``labels``; ``"top"`` one-hot of ``argmax(logits)``;
+        ``"random"`` standard Gaussian (``E[vvᵀ] = I``: the matching loss becomes an
+        unbiased estimate of the full-Jacobian loss); ``"rademacher"`` uniform ``±1``
+        (also ``E[vvᵀ] = I``, lower variance).
+      labels: ``(B,)`` integer labels, required for ``"label"``.
+      key: PRNG key, required for ``"random"`` / ``"rademacher"``.
+    Returns:
+      ``(B, K)`` array in ``logits.dtype`` (no gradient flows through it).
+    """
+    if logits.ndim != 2:
+        raise ValueError(f"select_cotangent: expected logits (B, K), got {tuple(logits.shape)}")
+    b, k = logits.shape
+    if mode == "label":
+        if labels is None:
+            raise ValueError("select_cotangent: mode 'label' needs labels")
+        if labels.shape != (b,):
+            raise ValueError(f"select_cotangent: labels must be ({b},), got {tuple(labels.shape)}")
+        return jax.nn.one_hot(labels, k, dtype=logits.dtype)
+    if mode == "top":
+        return jax.nn.one_hot(jnp.argmax(jax.lax.stop_gradient(logits), -1), k, dtype=logits.dtype)
+    if mode in ("random", "rademacher"):
+        if key is None:
+            raise ValueError(f"select_cotangent: mode {mode!r} needs a PRNG key")
+        if mode == "random":
+            return jax.random.normal(key, (b, k), logits.dtype)
+        return jax.random.rademacher(key, (b, k), logits.dtype)
+    raise ValueError(f"select_cotangent: unknown mode {mode!r}; valid modes: {COTANGENT_MODES}")
+
+
+def input_tangent(key: jax.Array, x: jax.Array) -> jax.Array:
+    """Standard Gaussian input-space probe ``u ~ N(0, I_D)`` per example, shape of ``x``."""
+    return jax.random.normal(key, x.shape, x.dtype)
+
+
+# ----------------------------------------------------------------------------------------
+# Attention maps and their Jacobians (§5.2.1, §6.3.2, appendix 10.2)
+
+
+def pooling_window(spatial: tuple[int, int], fraction: float | None = 0.2) -> tuple[int, int]:
+    """Average-pool window for an attention map of spatial size ``(H, W)``.
+
+    ``fraction=0.2`` is the paper's ``feature size / 5`` (Table 5); ``1.0`` is "Full"
+    (global average pooling); ``None`` is "None" (no pooling, window 1).
+    """
+    h, w = spatial
+    if fraction is None:
+        return (1, 1)
+    if not 0 < fraction <= 1:
+        raise ValueError(f"pooling_window: fraction must be in (0, 1] or None, got {fraction}")
+    return (max(1, round(h * fraction)), max(1, round(w * fraction)))
+
+
+def pooled_attention(features: jax.Array, window: tuple[int, int]) -> jax.Array:
+    """Attention map (eq. 8) average-pooled with stride 1, 'VALID' padding.
+
+    Args:
+      features: ``(B, H, W, C)``.
+      window: ``(kh, kw)`` with ``1 <= kh <= H``, ``1 <= kw <= W``.
+    Returns:
+      ``(B, H - kh + 1, W - kw + 1)``.
+    """
+    a = attention_map(features)
+    kh, kw = window
+    if not (1 <= kh <= a.shape[1] and 1 <= kw <= a.shape[2]):
+        raise ValueError(f"pooled_attention: window {window} does not fit a map of {a.shape[1:]}")
+    summed = jax.lax.reduce_window(a, 0.0, jax.lax.add, (1, kh, kw), (1, 1, 1), "VALID")
+    return summed / (kh * kw)
+
+
+def argmax_pixel(pooled: jax.Array) -> jax.Array:
+    """One-hot ``(B, H', W')`` selecting each example's largest pooled-attention pixel."""
+    b = pooled.shape[0]
+    flat = jax.lax.stop_gradient(pooled).reshape(b, -1)
+    one_hot = jax.nn.one_hot(jnp.argmax(flat, -1), flat.shape[1], dtype=pooled.dtype)
+    return one_hot.reshape(pooled.shape)
+
+
+def check_same_spatial(student_shape, teacher_shape) -> None:
+    """Raises ``ValueError`` unless two ``(B, H, W, C)`` feature shapes share ``B, H, W``."""
+    if tuple(student_shape[:3]) != tuple(teacher_shape[:3]):
+        raise ValueError(
+            "attention matching needs taps of equal spatial size: student features "
+            f"{tuple(student_shape)} vs teacher features {tuple(teacher_shape)} (B, H, W, C)"
+        )
+
+
+def attention_map_jacobian(
+    feature_fn: Fn,
+    x: jax.Array,
+    window: tuple[int, int],
+    pixel: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Input gradient of one pooled attention-map pixel per example (§5.2.1, app. 10.2).
+
+    Call it for the teacher with ``pixel=None`` (its arg-max pixel is chosen), then for
+    the student with the teacher's ``pixel``, and match the two gradients with
+    ``jkt.losses.match_jacobians(..., normalize=True)`` (eq. 10).
+
+    Args:
+      feature_fn: ``(B, *D) -> (B, H, W, C)`` features at the matched tap.
+      x: ``(B, *D)``.
+      window: average-pool window (see :func:`pooling_window`).
+      pixel: optional ``(B, H', W')`` one-hot selection (default: own arg-max).
+    Returns:
+      ``(pooled, pixel, grad)``: pooled map ``(B, H', W')``, the selection used, and
+      ``∇_x pooled[b, i_b, j_b]`` of shape ``(B, *D)``.
+    """
+    pooled, pullback = jax.vjp(lambda z: pooled_attention(feature_fn(z), window), x)
+    if pixel is None:
+        pixel = argmax_pixel(pooled)
+    elif pixel.shape != pooled.shape:
+        raise ValueError(
+            f"attention_map_jacobian: pixel selection {tuple(pixel.shape)} does not match the "
+            f"pooled attention map {tuple(pooled.shape)}; student and teacher taps must have "
+            "equal spatial size"
+        )
+    (grad,) = pullback(jax.lax.stop_gradient(pixel).astype(pooled.dtype))
+    return pooled, pixel, grad
