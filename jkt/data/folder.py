@@ -1,0 +1,324 @@
+"""Image folders and archives of them (``.zip``, ``.tar``, ``.tar.gz``, ``.tar.xz``).
+
+Recognised layouts, after dropping a single wrapping top-level directory:
+
+* ``<class>/<image>``: one sub-folder per class; the test split is carved out later.
+* ``train/<class>/<image>`` and optionally ``test/<class>/<image>``.
+* MIT Indoor 67: ``Images/<class>/<image>`` plus ``TrainImages.txt`` / ``TestImages.txt``
+  listing ``<class>/<image>`` (inside the folder/archive or next to it): the official split.
+
+Images are decoded in parallel threads (PIL releases the GIL while decoding), converted
+to RGB and resized to ``image_size`` square (bilinear, antialiased), and the decoded
+arrays are cached as ``.npz`` under ``cache_dir`` (default ``$JKT_CACHE`` or
+``~/.cache/jkt``), keyed by the path, its size and mtime, and ``image_size``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import io
+import json
+import logging
+import os
+import tarfile
+import time
+import warnings
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+from PIL import Image
+
+from jkt.data.types import Split
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".webp", ".tif", ".tiff")
+MIT_LISTS = {"train": "TrainImages.txt", "test": "TestImages.txt"}
+_CACHE_VERSION = 1
+_ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2")
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("JKT_CACHE") or "~/.cache/jkt").expanduser()
+
+
+def _is_archive(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(_ARCHIVE_SUFFIXES)
+
+
+def _hidden(name: str) -> bool:
+    return any(p.startswith(".") or p == "__MACOSX" for p in PurePosixPath(name).parts)
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not _hidden(name)
+
+
+def _is_list(name: str) -> bool:
+    return PurePosixPath(name).name in MIT_LISTS.values() and not _hidden(name)
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+def _iter_files(path: Path) -> Iterator[tuple[str, bytes]]:
+    """``(posix relative name, bytes)`` of the images and MIT lists in a folder or archive."""
+    if path.is_dir():
+        for root, dirs, files in os.walk(path):
+            dirs.sort()
+            for f in sorted(files):
+                full = Path(root, f)
+                name = full.relative_to(path).as_posix()
+                if _is_image(name) or _is_list(name):
+                    yield name, full.read_bytes()
+    elif path.name.lower().endswith(".zip"):
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if not info.is_dir() and (_is_image(info.filename) or _is_list(info.filename)):
+                    yield info.filename, zf.read(info)
+    else:
+        # Streaming mode ("r|*"): one sequential pass, no seeking in compressed data.
+        with tarfile.open(path, "r|*") as tf:
+            for member in tf:
+                if member.isfile() and (_is_image(member.name) or _is_list(member.name)):
+                    f = tf.extractfile(member)
+                    yield member.name, f.read()
+
+
+def _decode(data: bytes, image_size: int) -> np.ndarray | None:
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.draft("RGB", (image_size, image_size))  # JPEG: cheap DCT downscale first
+            if img.mode != "RGB":
+                img = img.convert("RGB")
+            if img.size != (image_size, image_size):
+                img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
+            return np.asarray(img, np.uint8)
+    except Exception:  # noqa: BLE001 - any decoder failure means "unreadable"
+        return None
+
+
+def _decode_chunk(chunk: list[tuple[str, bytes]], image_size: int):
+    return [(name, _decode(data, image_size)) for name, data in chunk]
+
+
+def _read_all(path: Path, image_size: int, workers: int | None, chunk_size: int = 256):
+    """Decodes every image in ``path``; returns ``(images by name, list texts, bad names)``.
+
+    Reading (sequential; decompression releases the GIL) overlaps with decoding in a
+    thread pool, which gets chunks of files to keep per-task overhead small.
+    """
+    workers = workers or min(32, (os.cpu_count() or 1) + 4)
+    futures: list[concurrent.futures.Future] = []
+    texts: dict[str, str] = {}
+    chunk: list[tuple[str, bytes]] = []
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        for name, data in _iter_files(path):
+            name = name.removeprefix("./")
+            if _is_list(name):
+                texts[name] = data.decode("utf-8", errors="replace")
+                continue
+            chunk.append((name, data))
+            if len(chunk) >= chunk_size:
+                futures.append(pool.submit(_decode_chunk, chunk, image_size))
+                chunk = []
+        if chunk:
+            futures.append(pool.submit(_decode_chunk, chunk, image_size))
+        decoded = [item for f in futures for item in f.result()]
+    bad = sorted(name for name, img in decoded if img is None)
+    images = {name: img for name, img in decoded if img is not None}
+    return images, texts, bad
+
+
+# ---------------------------------------------------------------------------- layouts
+
+
+def _strip_wrappers(names: list[str]) -> str:
+    """The common wrapping prefix (``"a/b/"`` or ``""``) above the layout's root."""
+    prefix = ""
+    parts = [PurePosixPath(n).parts for n in names]
+    depth = 0
+    while parts and all(len(p) > depth + 2 for p in parts):
+        tops = {p[depth] for p in parts}
+        if len(tops) != 1:
+            break
+        top = next(iter(tops))
+        if top.lower() in ("train", "test"):
+            break
+        prefix += top + "/"
+        depth += 1
+    return prefix
+
+
+def _find_lists(texts: dict[str, str], path: Path) -> dict[str, str] | None:
+    """MIT Indoor split lists, from inside the folder/archive or beside it."""
+    found = {}
+    for split, fname in MIT_LISTS.items():
+        inside = [t for n, t in texts.items() if PurePosixPath(n).name == fname]
+        beside = path.parent / fname
+        if inside:
+            found[split] = inside[0]
+        elif beside.is_file():
+            found[split] = beside.read_text(errors="replace")
+    return found if len(found) == len(MIT_LISTS) else None
+
+
+def _assign(
+    names: list[str], lists: dict[str, str] | None
+) -> tuple[dict[str, tuple[str, str]], str]:
+    """Maps image name -> ``(part, class)`` with part in {"train", "test", "all"}."""
+    if lists is not None:
+        by_key = {}
+        for n in names:
+            p = PurePosixPath(n).parts
+            if len(p) >= 2:
+                by_key.setdefault(f"{p[-2]}/{p[-1]}", n)
+        out = {}
+        for part, text in lists.items():
+            for line in text.splitlines():
+                key = line.strip().replace("\\", "/")
+                if key and key in by_key:
+                    out[by_key[key]] = (part, key.split("/")[0])
+        if out:
+            return out, "mit"
+    prefix = _strip_wrappers(names)
+    rel = [(n, PurePosixPath(n[len(prefix) :]).parts) for n in names if n.startswith(prefix)]
+    tops = {p[0].lower() for _, p in rel if len(p) >= 3}
+    out = {}
+    if "train" in tops:
+        for n, p in rel:
+            if len(p) == 3 and p[0].lower() in ("train", "test"):
+                out[n] = (p[0].lower(), p[1])
+        return out, "train/test" if "test" in tops else "train"
+    for n, p in rel:
+        if len(p) == 2:
+            out[n] = ("all", p[0])
+    return out, "classes"
+
+
+# ---------------------------------------------------------------------------- cache
+
+
+def _fingerprint(path: Path) -> dict:
+    stat = path.stat()
+    fp = {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    if path.is_dir():
+        count, total, latest = 0, 0, 0
+        for root, _, files in os.walk(path):
+            for f in files:
+                s = os.stat(os.path.join(root, f))
+                count, total, latest = count + 1, total + s.st_size, max(latest, s.st_mtime_ns)
+        fp.update(files=count, total=total, latest=latest)
+    for fname in MIT_LISTS.values():
+        beside = path.parent / fname
+        if beside.is_file():
+            fp[fname] = beside.stat().st_mtime_ns
+    return fp
+
+
+def _cache_path(path: Path, image_size: int, cache_dir: Path) -> Path:
+    key = json.dumps([_CACHE_VERSION, _fingerprint(path), image_size], sort_keys=True)
+    digest = hashlib.sha1(key.encode()).hexdigest()[:16]
+    return cache_dir / f"folder-{path.name}-{image_size}px-{digest}.npz"
+
+
+# ---------------------------------------------------------------------------- public
+
+
+def load_folder(
+    path: str | os.PathLike,
+    *,
+    image_size: int = 32,
+    cache_dir: str | os.PathLike | None = None,
+    workers: int | None = None,
+) -> tuple[Split, Split | None, tuple[str, ...]]:
+    """Reads an image folder or archive.
+
+    Args:
+      path: folder, or ``.zip`` / ``.tar[.gz|.xz|.bz2]`` archive of one.
+      image_size: output side length; images are resized to ``image_size`` square.
+      cache_dir: where decoded arrays are cached; ``None`` means :func:`default_cache_dir`.
+      workers: decoding threads (default: CPU count + 4, at most 32).
+
+    Returns:
+      ``(train, test, class_names)``; ``test`` is ``None`` when the data has no test split
+      (the caller carves one). Class names are sorted; labels index them.
+
+    Raises:
+      FileNotFoundError: ``path`` does not exist.
+      ValueError: no labelled images were found.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(
+            f"image folder/archive {str(path)!r} does not exist (expected a folder with one "
+            f"sub-folder per class, or a .zip/.tar/.tar.gz/.tar.xz archive of one)"
+        )
+    if not (path.is_dir() or _is_archive(path)):
+        raise ValueError(f"{path} is neither a folder nor a .zip/.tar/.tar.gz/.tar.xz archive")
+    cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    cache_file = _cache_path(path, image_size, cache_dir)
+    if cache_file.is_file():
+        try:
+            with np.load(cache_file) as z:
+                train = Split(z["train_images"], z["train_labels"])
+                test = Split(z["test_images"], z["test_labels"]) if z["has_test"] else None
+                class_names = tuple(str(c) for c in z["class_names"])
+            log.info("loaded %s from cache %s", path, cache_file)
+            return train, test, class_names
+        except (OSError, KeyError, ValueError) as e:
+            log.warning("ignoring unreadable cache %s: %s", cache_file, e)
+
+    t0 = time.perf_counter()
+    images, texts, bad = _read_all(path, image_size, workers)
+    assignment, layout = _assign(sorted(images), _find_lists(texts, path))
+    if bad:
+        warnings.warn(
+            f"{path}: skipped {len(bad)} unreadable image file(s) (e.g. {bad[0]})",
+            stacklevel=2,
+        )
+    if not assignment:
+        raise ValueError(
+            f"no labelled images found in {path}: expected <class>/<image>, "
+            f"train/<class>/<image> (+ test/...), or the MIT Indoor 67 layout"
+        )
+    class_names = tuple(sorted({cls for _, cls in assignment.values()}))
+    class_id = {c: i for i, c in enumerate(class_names)}
+
+    def gather(parts: tuple[str, ...]) -> Split:
+        names = sorted(n for n, (part, _) in assignment.items() if part in parts)
+        imgs = np.stack([images[n] for n in names]) if names else None
+        if imgs is None:
+            imgs = np.zeros((0, image_size, image_size, 3), np.uint8)
+        labels = np.array([class_id[assignment[n][1]] for n in names], np.int32)
+        return Split(imgs, labels)
+
+    train = gather(("train", "all"))
+    has_test = any(part == "test" for part, _ in assignment.values())
+    test = gather(("test",)) if has_test else None
+    log.info(
+        "decoded %d images (%s layout, %d classes) from %s in %.1fs",
+        len(train) + (len(test) if test else 0),
+        layout,
+        len(class_names),
+        path,
+        time.perf_counter() - t0,
+    )
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache_file.with_suffix(f".tmp{os.getpid()}.npz")
+    empty = np.zeros((0, image_size, image_size, 3), np.uint8)
+    np.savez(
+        tmp,
+        train_images=train.images,
+        train_labels=train.labels,
+        test_images=test.images if test else empty,
+        test_labels=test.labels if test else np.zeros((0,), np.int32),
+        has_test=np.array(has_test),
+        class_names=np.array(class_names),
+    )
+    os.replace(tmp, cache_file)
+    return train, test, class_names

@@ -1,0 +1,77 @@
+"""``load(name, ...)``: one entry point for every data source, chosen by a name string."""
+
+from __future__ import annotations
+
+import os
+
+from jkt.data import digits as digits_lib
+from jkt.data import folder as folder_lib
+from jkt.data import splits, tfds_source
+from jkt.data.types import Dataset
+
+FOLDER_PREFIX = "folder:"
+SOURCES = ("cifar10", "cifar100", "digits", "folder:PATH")
+
+
+def load(
+    name: str,
+    *,
+    image_size: int = 32,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    data_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> Dataset:
+    """Loads a dataset into host memory with train/val/test splits.
+
+    Args:
+      name: ``"cifar10"``, ``"cifar100"`` (tfds ArrayRecord data in ``data_dir``; never
+        downloaded), ``"digits"`` (scikit-learn's bundled 8x8 digits) or
+        ``"folder:PATH"`` (image folder or archive, see :mod:`jkt.data.folder`).
+      image_size: side of the square images for ``digits`` and ``folder:`` (CIFAR is
+        always 32x32).
+      val_fraction: stratified fraction of the train split held out as ``val``; chosen
+        by ``seed``.
+      test_fraction: for sources without a test split, the stratified fraction of the
+        data held out as ``test``; fixed (independent of ``seed``) so every run of a
+        dataset is evaluated on the same test images.
+      seed: selects the validation split.
+      data_dir: tfds data directory (default ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
+      cache_dir: decoded-image cache for ``folder:`` (default ``$JKT_CACHE`` or
+        ``~/.cache/jkt``).
+
+    Returns:
+      A :class:`Dataset` whose ``mean``/``std`` come from its ``train`` split.
+
+    Raises:
+      ValueError: unknown ``name``.
+      FileNotFoundError: missing data (``DatasetNotFoundError`` for tfds, with instructions).
+    """
+    if name in tfds_source.TFDS_NAMES:
+        train, test, class_names = tfds_source.load_tfds(name, data_dir)
+    elif name == "digits":
+        full, class_names = digits_lib.load_digits(image_size)
+        train, test = splits.split_off_test(full, test_fraction)
+    elif name.startswith(FOLDER_PREFIX):
+        path = name[len(FOLDER_PREFIX) :]
+        if not path:
+            raise ValueError("folder source needs a path: 'folder:/path/to/images'")
+        train, test, class_names = folder_lib.load_folder(
+            path, image_size=image_size, cache_dir=cache_dir
+        )
+        if test is None:
+            train, test = splits.split_off_test(train, test_fraction)
+    else:
+        raise ValueError(f"unknown data source {name!r}; valid names: {', '.join(SOURCES)}")
+    train, val = splits.split_off(train, val_fraction, seed)
+    mean, std = splits.channel_stats(train.images)
+    return Dataset(
+        name=name,
+        train=train,
+        val=val,
+        test=test,
+        class_names=tuple(class_names),
+        mean=mean,
+        std=std,
+    )

@@ -1,0 +1,76 @@
+"""Plain containers for in-memory image datasets."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset's files are not where the loader looked; the message says how to get them."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """Images and labels of one split, held in host memory.
+
+    Attributes:
+      images: ``uint8`` array of shape ``(N, H, W, 3)``.
+      labels: ``int32`` array of shape ``(N,)``, values in ``[0, num_classes)``.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __post_init__(self):
+        images = np.asarray(self.images)
+        labels = np.asarray(self.labels)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(
+                f"Split.images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}"
+            )
+        if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+            raise ValueError(
+                f"Split.labels must have shape ({images.shape[0]},), got {labels.shape}"
+            )
+        object.__setattr__(self, "images", images)
+        object.__setattr__(self, "labels", labels.astype(np.int32, copy=False))
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def take(self, indices: np.ndarray) -> Split:
+        """The examples at ``indices`` (a copy), in that order."""
+        indices = np.asarray(indices, dtype=np.int64)
+        return Split(self.images[indices], self.labels[indices])
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """A classification dataset: train/val/test splits plus metadata.
+
+    Attributes:
+      name: the source name it was loaded from (e.g. ``"cifar100"``).
+      train, val, test: disjoint splits (``val`` is carved out of the original train set).
+      class_names: one name per label id.
+      mean, std: per-channel statistics of ``train`` images scaled to ``[0, 1]``, for
+        :func:`jkt.data.normalize`.
+    """
+
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    class_names: tuple[str, ...]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(H, W, 3)`` of every image."""
+        return tuple(int(d) for d in self.train.images.shape[1:])

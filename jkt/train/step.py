@@ -1,0 +1,103 @@
+"""Pure train and eval steps. The parallel transform (``jax.jit`` with shardings) is
+applied where the loop is built (:mod:`jkt.train.loop`), not here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from jkt.data import transforms
+from jkt.train.objective import Objective, compose_losses
+from jkt.train.state import TrainState
+
+
+def _renormalizer(mean, std, teacher_mean, teacher_std) -> Callable:
+    """Maps student-normalised inputs to the teacher's normalisation (identity if equal)."""
+    if teacher_mean is None or (tuple(teacher_mean) == tuple(mean)
+                                and tuple(teacher_std) == tuple(std)):
+        return lambda z: z
+    m, s = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
+    tm, ts = jnp.asarray(teacher_mean, jnp.float32), jnp.asarray(teacher_std, jnp.float32)
+    return lambda z: (z * s + m - tm) / ts
+
+
+def make_train_step(
+    model,
+    objective: Objective,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    augment: bool = True,
+    teacher_model=None,
+    teacher_mean: Sequence[float] | None = None,
+    teacher_std: Sequence[float] | None = None,
+) -> Callable:
+    """Builds ``train_step(state, batch, teacher_variables) -> (state, metrics)``.
+
+    ``batch`` is ``{"image": uint8 (B, H, W, C), "label": int32 (B,)}``. Inside the step
+    the images are augmented (pad-4 crop + flip) and normalised with ``mean``/``std``;
+    all Jacobians are taken w.r.t. that normalised input. The teacher (frozen, inference
+    mode, no gradients) sees the same input, renormalised to its own statistics.
+    ``teacher_variables`` is a jit *argument* (not a baked-in constant) and is ``None``
+    when ``teacher_model`` is. ``metrics`` holds ``loss``, every active term of the
+    objective (unweighted batch means), ``accuracy`` and, with a teacher, ``agreement``.
+    """
+    if objective.needs_teacher and teacher_model is None:
+        raise ValueError("the objective matches a teacher, but no teacher model was given")
+    to_teacher = _renormalizer(mean, std, teacher_mean, teacher_std)
+    s_taps, t_taps = objective.student_taps, objective.teacher_taps
+
+    def train_step(state: TrainState, batch, teacher_variables):
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        k_aug, k_drop, k_est = jax.random.split(key, 3)
+        images = batch["image"]
+        if augment:
+            images = transforms.augment(k_aug, images)
+        x = transforms.normalize(images, mean, std)
+
+        teacher_fn = None
+        if teacher_model is not None:
+            frozen = jax.lax.stop_gradient(teacher_variables)
+
+            def teacher_fn(z):
+                logits, feats = teacher_model.apply(frozen, to_teacher(z), train=False,
+                                                    return_features=True)
+                return logits, {k: feats[k] for k in t_taps}
+
+        def loss_fn(params):
+            def student_fn(z):
+                (out, feats), updates = model.apply(
+                    {"params": params, "batch_stats": state.batch_stats}, z, train=True,
+                    return_features=True, mutable=["batch_stats"], rngs={"dropout": k_drop})
+                return (out, {k: feats[k] for k in s_taps}), updates["batch_stats"]
+
+            return compose_losses(objective, student_fn, teacher_fn, x, batch["label"], k_est)
+
+        (total, (terms, stats, batch_stats)), grads = jax.value_and_grad(
+            loss_fn, has_aux=True)(state.params)
+        return state.apply_gradients(grads, batch_stats), {"loss": total, **terms, **stats}
+
+    return train_step
+
+
+def make_eval_step(model, *, mean: Sequence[float], std: Sequence[float],
+                   head: str = "target") -> Callable:
+    """Builds ``eval_step(variables, batch, key, sigma) -> {"correct", "count"}`` sums.
+
+    Inference mode. ``sigma`` > 0 adds Gaussian noise of that std to the *normalised*
+    images (Table 2). ``batch["mask"]`` (if present) excludes padding examples. For a
+    two-head model ``head`` selects the output ("target" or "source").
+    """
+
+    def eval_step(variables, batch, key, sigma):
+        x = transforms.normalize(batch["image"], mean, std)
+        x = transforms.add_gaussian_noise(key, x, sigma)
+        out = model.apply(variables, x, train=False)
+        logits = out[head] if isinstance(out, dict) else out
+        mask = batch.get("mask", jnp.ones(logits.shape[:1], bool))
+        correct = (jnp.argmax(logits, -1) == batch["label"]) & mask
+        return {"correct": jnp.sum(correct), "count": jnp.sum(mask)}
+
+    return eval_step

@@ -1,0 +1,295 @@
+"""Tests for jkt.data sources: image folders/archives, MIT Indoor layout, digits, tfds.
+
+All image data is generated here with PIL; nothing touches the network.
+"""
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+import warnings
+import zipfile
+from pathlib import Path
+
+import chex
+import numpy as np
+import pytest
+from PIL import Image
+
+from jkt import data
+from jkt.data import folder as folder_lib
+
+SIZE = 8
+CLASSES = ("cat", "ant", "bee")  # deliberately unsorted
+
+
+def _png(cls_id: int, uid: int, size=(SIZE, SIZE), mode="RGB") -> bytes:
+    """A flat image: red channel = class, green/blue = unique id; exact after PNG."""
+    arr = np.zeros((size[1], size[0], 3), np.uint8)
+    arr[..., 0] = 40 * (cls_id + 1)
+    arr[..., 1] = uid % 256
+    arr[..., 2] = uid // 256
+    img = Image.fromarray(arr)
+    if mode != "RGB":
+        img = img.convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _jpeg_truncated() -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), np.uint8)).save(
+        buf, format="JPEG"
+    )
+    return buf.getvalue()[: len(buf.getvalue()) // 2]
+
+
+def _write(root: Path, files: dict[str, bytes]) -> Path:
+    for name, content in files.items():
+        p = root / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(content)
+    return root
+
+
+def _class_files(prefix="", per_class=10, start_uid=0, corrupt=True):
+    files, uid = {}, start_uid
+    for c, name in enumerate(CLASSES):
+        for i in range(per_class):
+            files[f"{prefix}{name}/{i:03d}.png"] = _png(c, uid)
+            uid += 1
+    if corrupt:
+        files[f"{prefix}{CLASSES[0]}/broken.jpg"] = b"this is not an image"
+        files[f"{prefix}{CLASSES[1]}/notes.txt"] = b"ignored: not an image extension"
+    return files
+
+
+def _ids(split):
+    img = split.images
+    return set((img[:, 0, 0, 1].astype(int) + 256 * img[:, 0, 0, 2].astype(int)).tolist())
+
+
+def _check_labels(ds):
+    """Every image's red channel encodes the (original) class: labels must agree."""
+    for split in (ds.train, ds.val, ds.test):
+        names = [ds.class_names[label] for label in split.labels]
+        reds = split.images[:, 0, 0, 0] // 40 - 1
+        assert [CLASSES[r] for r in reds] == names
+
+
+def _load_quiet(name, **kw):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = data.load(name, image_size=SIZE, **kw)
+    return ds, [w for w in caught if "unreadable" in str(w.message)]
+
+
+def test_folder_classes_only(tmp_path):
+    root = _write(tmp_path / "imgs", _class_files())
+    _write(root, {"ant/gray.png": _png(1, 500, mode="L"), "bee/big.png": _png(2, 501, (20, 12))})
+    ds, warned = _load_quiet(f"folder:{root}", cache_dir=tmp_path / "cache")
+    assert len(warned) == 1 and "skipped 1 unreadable" in str(warned[0].message)
+    assert ds.class_names == ("ant", "bee", "cat")
+    assert ds.image_shape == (SIZE, SIZE, 3) and ds.num_classes == 3
+    assert len(ds.train) + len(ds.val) + len(ds.test) == 32
+    np.testing.assert_array_equal(np.bincount(ds.test.labels), [1, 1, 1])  # 10% stratified
+    assert not (_ids(ds.train) & _ids(ds.test)) and not (_ids(ds.val) & _ids(ds.test))
+    assert not (_ids(ds.train) & _ids(ds.val))
+    chex.assert_type([ds.train.images, ds.train.labels], [np.uint8, np.int32])
+    mean, std = data.channel_stats(ds.train.images)
+    assert ds.mean == mean and ds.std == std
+
+
+def test_folder_train_test_layout_with_wrapper(tmp_path):
+    files = _class_files("wrap/train/") | _class_files("wrap/test/", 2, 100, corrupt=False)
+    root = _write(tmp_path / "tt", files)
+    ds, _ = _load_quiet(f"folder:{root}", cache_dir=tmp_path / "c", val_fraction=0.2)
+    assert len(ds.test) == 6 and _ids(ds.test) == set(range(100, 106))
+    assert len(ds.train) + len(ds.val) == 30 and len(ds.val) == 6
+    _check_labels(ds)
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.xz", "tar.gz", "tar"])
+def test_archives_match_folder(tmp_path, kind):
+    files = _class_files("top/")
+    root = _write(tmp_path / "src", files)
+    archive = tmp_path / f"data.{kind}"
+    if kind == "zip":
+        with zipfile.ZipFile(archive, "w") as zf:
+            for name, content in files.items():
+                zf.writestr(name, content)
+    else:
+        mode = {"tar.xz": "w:xz", "tar.gz": "w:gz", "tar": "w"}[kind]
+        with tarfile.open(archive, mode) as tf:
+            tf.add(root / "top", arcname="top")
+    ds_dir, _ = _load_quiet(f"folder:{root}", cache_dir=tmp_path / "c1")
+    ds_arc, warned = _load_quiet(f"folder:{archive}", cache_dir=tmp_path / "c2")
+    assert len(warned) == 1
+    assert ds_arc.class_names == ds_dir.class_names == ("ant", "bee", "cat")
+    for a, b in [
+        (ds_arc.train, ds_dir.train),
+        (ds_arc.val, ds_dir.val),
+        (ds_arc.test, ds_dir.test),
+    ]:
+        chex.assert_trees_all_equal((a.images, a.labels), (b.images, b.labels))
+    _check_labels(ds_arc)
+
+
+def _mit_files(prefix=""):
+    files, train_list, test_list, uid = {}, [], [], 0
+    for c, name in enumerate(CLASSES):
+        for i in range(6):
+            rel = f"{name}/img_{i}.jpg"
+            buf = io.BytesIO()
+            arr = np.full((SIZE, SIZE, 3), 40 * (c + 1), np.uint8)
+            Image.fromarray(arr).save(buf, format="PNG")  # PNG bytes, .jpg name: PIL sniffs
+            files[f"{prefix}Images/{rel}"] = buf.getvalue()
+            if i < 3:
+                train_list.append(rel)
+            elif i < 5:
+                test_list.append(rel)  # img_5 is in neither list: unused
+            uid += 1
+    return files, "\r\n".join(train_list) + "\r\n", "\n".join(test_list)
+
+
+def test_mit_indoor_layout_inside_archive(tmp_path):
+    files, train_txt, test_txt = _mit_files("indoor/")
+    files["indoor/TrainImages.txt"] = train_txt.encode()
+    files["indoor/TestImages.txt"] = test_txt.encode()
+    files["indoor/Images/ant/corrupt.jpg"] = _jpeg_truncated()
+    archive = tmp_path / "mit.tar"
+    with tarfile.open(archive, "w") as tf:
+        for name, content in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tf.addfile(info, io.BytesIO(content))
+    ds, warned = _load_quiet(f"folder:{archive}", cache_dir=tmp_path / "c", val_fraction=0.0)
+    assert len(warned) == 1
+    assert ds.class_names == ("ant", "bee", "cat")
+    assert len(ds.train) == 9 and len(ds.test) == 6 and len(ds.val) == 0
+    np.testing.assert_array_equal(np.bincount(ds.test.labels), [2, 2, 2])
+    _check_labels(ds)
+
+
+def test_mit_indoor_lists_beside_folder(tmp_path):
+    files, train_txt, test_txt = _mit_files()
+    root = _write(tmp_path / "indoorCVPR_09", files)
+    (tmp_path / "TrainImages.txt").write_text(train_txt)
+    (tmp_path / "TestImages.txt").write_text(test_txt)
+    ds, _ = _load_quiet(f"folder:{root}", cache_dir=tmp_path / "c", val_fraction=0.0)
+    assert len(ds.train) == 9 and len(ds.test) == 6
+
+
+def test_folder_cache_hit_and_invalidation(tmp_path, monkeypatch):
+    root = _write(tmp_path / "imgs", _class_files(corrupt=False))
+    monkeypatch.setenv("JKT_CACHE", str(tmp_path / "envcache"))
+    first, _ = _load_quiet(f"folder:{root}")
+    cached = list((tmp_path / "envcache").glob("*.npz"))
+    assert len(cached) == 1
+
+    def fail(*args, **kwargs):
+        raise AssertionError("decoded again instead of using the cache")
+
+    monkeypatch.setattr(folder_lib, "_read_all", fail)
+    second, _ = _load_quiet(f"folder:{root}")
+    chex.assert_trees_all_equal(
+        (first.train.images, first.test.labels), (second.train.images, second.test.labels)
+    )
+    assert first.class_names == second.class_names
+    # a new file changes the fingerprint: the cache is not used
+    _write(root, {"ant/extra.png": _png(1, 999)})
+    with pytest.raises(AssertionError, match="decoded again"):
+        data.load(f"folder:{root}", image_size=SIZE)
+    # a different image size is a different cache entry too
+    with pytest.raises(AssertionError, match="decoded again"):
+        data.load(f"folder:{root}", image_size=SIZE + 1)
+
+
+def test_folder_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does-not-exist"):
+        data.load(f"folder:{tmp_path / 'does-not-exist'}")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no labelled images"):
+        data.load(f"folder:{tmp_path / 'empty'}", cache_dir=tmp_path / "c")
+
+
+def test_unknown_source_lists_valid_names():
+    with pytest.raises(ValueError, match="cifar10.*cifar100.*digits.*folder:PATH"):
+        data.load("imagenet")
+
+
+def test_digits():
+    ds = data.load("digits", val_fraction=0.1, test_fraction=0.1, seed=0)
+    assert len(ds.train) + len(ds.val) + len(ds.test) == 1797
+    assert ds.num_classes == 10 and ds.image_shape == (32, 32, 3)
+    chex.assert_type(ds.train.images, np.uint8)
+    assert ds.train.images.max() > 200
+    np.testing.assert_array_equal(ds.train.images[..., 0], ds.train.images[..., 2])
+    assert abs(len(ds.test) - 180) <= 5
+    again = data.load("digits", seed=0)
+    chex.assert_trees_all_equal(ds.val.labels, again.val.labels)
+    small = data.load("digits", image_size=8)
+    assert small.image_shape == (8, 8, 3)
+
+
+def _block_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError("network disabled in tests")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_tfds_offline_fails_fast_with_instructions(tmp_path, monkeypatch, name):
+    _block_network(monkeypatch)
+    start = time.perf_counter()
+    with pytest.raises(data.DatasetNotFoundError) as err:
+        data.load(name, data_dir=tmp_path)
+    assert time.perf_counter() - start < 5
+    assert isinstance(err.value, FileNotFoundError)
+    msg = str(err.value)
+    assert f"tfds build {name} --file_format=array_record" in msg
+    assert str(tmp_path) in msg and "data_dir" in msg and "--data-dir" in msg
+
+
+def test_tfds_default_dir_and_partial_preparation(tmp_path, monkeypatch):
+    _block_network(monkeypatch)
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+    (tmp_path / "cifar100" / "3.0.2").mkdir(parents=True)
+    (tmp_path / "cifar100" / "3.0.2" / "dataset_info.json").write_text("{}")
+    (tmp_path / "cifar100" / "3.0.2" / "cifar100-train.tfrecord-00000-of-00001").write_text("")
+    start = time.perf_counter()
+    with pytest.raises(FileNotFoundError, match="rebuild with --file_format=array_record"):
+        data.load("cifar100")
+    assert time.perf_counter() - start < 5
+
+
+def test_tfds_reads_through_data_source_on_mock_data(tmp_path, monkeypatch):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    _block_network(monkeypatch)
+    version_dir = tmp_path / "cifar10" / "3.0.2"
+    version_dir.mkdir(parents=True)
+    (version_dir / "dataset_info.json").write_text("{}")
+    (version_dir / "cifar10-train.array_record-00000-of-00001").write_text("")
+    with tfds.testing.mock_data(num_examples=12):
+        ds = data.load("cifar10", data_dir=tmp_path, val_fraction=0.25)
+    assert len(ds.train) + len(ds.val) == 12 and len(ds.test) == 12
+    assert ds.num_classes == 10 and ds.image_shape == (32, 32, 3)
+    chex.assert_type([ds.train.images, ds.train.labels], [np.uint8, np.int32])
+
+
+def test_import_does_not_load_tfds_or_sklearn():
+    code = (
+        "import sys, jkt.data; "
+        "bad = [m for m in ('tensorflow_datasets', 'tensorflow', 'sklearn') if m in sys.modules]; "
+        "sys.exit(1 if bad else 0)"
+    )
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    result = subprocess.run([sys.executable, "-c", code], env=env, cwd=Path(__file__).parents[1])
+    assert result.returncode == 0
