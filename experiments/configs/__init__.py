@@ -1,0 +1,1 @@
+"""Experiment presets: one frozen dataclass per table, each with its exact command."""
