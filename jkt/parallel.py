@@ -113,3 +113,9 @@ def global_batch(local: dict[str, np.ndarray], mesh: Mesh, global_batch_size: in
         )
 
     return jax.tree.map(make, local)
+
+
+def process_count_str(mesh: Mesh) -> str:
+    """``"8 devices (cpu) in 1 process"``: for run banners."""
+    kind = mesh.devices.flat[0].platform
+    return (f"{mesh.devices.size} device(s) ({kind}) in {jax.process_count()} process(es)")

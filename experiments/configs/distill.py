@@ -24,6 +24,7 @@ class DistillPreset:
       max_steps / teacher_max_steps: optional caps on steps (for quick presets).
       estimator: Jacobian estimator (app. 10.2 uses the true-label output).
       image_size: images are resized to this square size.
+      checkpoint_every: steps between a run's checkpoints.
     """
 
     dataset: str = "digits"
@@ -41,55 +42,59 @@ class DistillPreset:
     estimator: str = "label"
     normalize: bool = False
     image_size: int = 32
+    checkpoint_every: int = 1000
 
 
-QUICK = DistillPreset(
-    dataset="digits",
-    student_options={"width_multiplier": 0.25},
-    teacher_options={"width_multiplier": 0.25},
-    n_per_class=(1, 5, 20),
-    seeds=(0, 1),
-    optim=OptimConfig("adam", 1e-3, (0.8,), epochs=1, batch_size=32),
-    teacher_optim=OptimConfig("adam", 1e-3, (0.8,), epochs=1, batch_size=64),
-    max_steps=100,
-    teacher_max_steps=300,
-)
-QUICK.__doc__ = """Offline default: scikit-learn's digits, quarter-width VGG-9 -> VGG-4.
+def quick() -> DistillPreset:
+    """Offline default: scikit-learn's digits, quarter-width VGG-9 -> VGG-4.
 
-    python -m experiments.distill
+        python -m experiments.distill
 
-Teacher 300 steps, then 6 methods × n ∈ {1, 5, 20} × 2 seeds of 100 steps each, batch 32.
-About 8 minutes on 2 CPU cores.
-"""
+    Teacher 300 steps, then 6 methods × n ∈ {1, 5, 20} × 2 seeds of 100 steps each, batch
+    32. About 8 minutes on 2 CPU cores.
+    """
+    return DistillPreset(
+        dataset="digits",
+        student_options={"width_multiplier": 0.25},
+        teacher_options={"width_multiplier": 0.25},
+        n_per_class=(1, 5, 20),
+        seeds=(0, 1),
+        optim=OptimConfig("adam", 1e-3, (0.8,), epochs=1, batch_size=32),
+        teacher_optim=OptimConfig("adam", 1e-3, (0.8,), epochs=1, batch_size=64),
+        max_steps=100,
+        teacher_max_steps=300,
+    )
 
-PAPER = DistillPreset(
-    dataset="cifar100",
-    n_per_class=(1, 5, 10, 50, 100, "full"),
-    seeds=(0, 1, 2),
-)
-PAPER.__doc__ = """The paper's Table 1: CIFAR-100, VGG-9 teacher, VGG-4 student, app. 10.2-10.3.
 
-    python -m experiments.distill --preset paper --dataset cifar100 --data-dir DIR
+def paper() -> DistillPreset:
+    """The paper's Table 1: CIFAR-100, VGG-9 teacher, VGG-4 student, app. 10.2-10.3.
 
-Adam 1e-3 -> 1e-4 at epoch 400 of 500, batch 128, true-label Jacobians, 3 seeds.
-About 261,500 steps per method and seed: days on a CPU, hours on one modern GPU.
-"""
+        python -m experiments.distill --preset paper --dataset cifar100 --data-dir DIR
 
-CIFAR10 = DistillPreset(
-    dataset="folder:../shared/data/cifar10/train.tar.xz",
-    n_per_class=(1, 5, 10, 50, 100),
-    seeds=(0, 1),
-    optim=dataclasses.replace(CIFAR_RECIPE, epochs=30),
-    teacher_optim=dataclasses.replace(CIFAR_RECIPE, epochs=15),
-    max_steps=1500,
-)
-CIFAR10.__doc__ = """Real-data grid for one GPU: the CIFAR-10 JPEGs, full-width VGG-9 -> VGG-4.
+    Adam 1e-3 -> 1e-4 at epoch 400 of 500, batch 128, true-label Jacobians, 3 seeds.
+    About 261,500 steps per method and seed: days on a CPU, hours on one modern GPU.
+    """
+    return DistillPreset(dataset="cifar100", n_per_class=(1, 5, 10, 50, 100, "full"),
+                         seeds=(0, 1, 2))
 
-    python -m experiments.distill --preset cifar10 \\
-        --dataset folder:../shared/data/cifar10/train.tar.xz
 
-Teacher 15 epochs; students 30 epochs capped at 1,500 steps; n ∈ {1, 5, 10, 50, 100}, 2 seeds.
-Minutes on one GPU; impractical on 2 CPU cores.
-"""
+def cifar10() -> DistillPreset:
+    """Real-data grid for one GPU: the CIFAR-10 JPEGs, full-width VGG-9 -> VGG-4.
 
-PRESETS = {"quick": QUICK, "paper": PAPER, "cifar10": CIFAR10}
+        python -m experiments.distill --preset cifar10 \\
+            --dataset folder:../shared/data/cifar10/train.tar.xz
+
+    Teacher 15 epochs; students 30 epochs capped at 1,500 steps; n ∈ {1, 5, 10, 50, 100},
+    2 seeds. Minutes on one GPU; impractical on 2 CPU cores.
+    """
+    return DistillPreset(
+        dataset="folder:../shared/data/cifar10/train.tar.xz",
+        n_per_class=(1, 5, 10, 50, 100),
+        seeds=(0, 1),
+        optim=dataclasses.replace(CIFAR_RECIPE, epochs=30),
+        teacher_optim=dataclasses.replace(CIFAR_RECIPE, epochs=15),
+        max_steps=1500,
+    )
+
+
+PRESETS = {"quick": quick, "paper": paper, "cifar10": cifar10}

@@ -76,7 +76,8 @@ class TrainConfig:
 
 @dataclasses.dataclass
 class RunResult:
-    """What a run produced: accuracies on the evaluated splits, last logged terms, timing."""
+    """What a run produced: accuracies on the evaluated splits, the final step's metrics
+    (every loss term, accuracy, agreement), step count and wall time (of this invocation)."""
 
     accuracy: dict[str, float]
     final_metrics: dict[str, float]
@@ -202,7 +203,7 @@ def train_and_evaluate(
         bar = tqdm(total=n_steps, initial=start, desc=desc or "train", leave=False,
                    dynamic_ncols=True)
     window: list[dict] = []
-    last_logged: dict[str, float] = {}
+    last: dict[str, float] = {}  # metrics of the final step (what result.json reports)
     pending = None  # (step, device metrics) of the previous step
     try:
         for step in range(start, n_steps):
@@ -219,13 +220,14 @@ def train_and_evaluate(
                 _check_finite(host, step)
                 window.append(host)
                 pending = None
-                last_logged = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+                last = host
+                means = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
                 window = []
                 history_file.write(json.dumps({"step": done, "epoch": stream.epoch(done),
-                                               **last_logged}) + "\n")
+                                               **means}) + "\n")
                 history_file.flush()
                 if bar is not None:
-                    bar.set_postfix({k: f"{v:.3g}" for k, v in last_logged.items()}, refresh=False)
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in means.items()}, refresh=False)
             if bar is not None:
                 bar.update(1)
             if done % cfg.checkpoint_every == 0 and done < n_steps:
@@ -241,7 +243,7 @@ def train_and_evaluate(
     eval_fn = jax.jit(make_eval_step(model, mean=mean, std=std))
     accuracy = {name: evaluate(eval_fn, variables, split, mesh, cfg.eval_batch_size)
                 for name, split in eval_splits.items()}
-    result = RunResult(accuracy=accuracy, final_metrics=last_logged, steps=n_steps,
+    result = RunResult(accuracy=accuracy, final_metrics=last, steps=n_steps,
                        wall_time=time.time() - t0, resumed_from=resumed_from)
     ckpt.close()
     tmp = result_path.with_suffix(".tmp")

@@ -1,0 +1,215 @@
+"""Table 1: distillation with Jacobian matching, one command.
+
+    python -m experiments.distill                              # offline quick grid (digits)
+    python -m experiments.distill --preset paper --dataset cifar100 --data-dir DIR
+    python -m experiments.distill --preset cifar10 --dataset folder:PATH.tar.xz
+
+Trains (or restores, ``--teacher DIR``) a teacher, then one student per method ×
+points-per-class × seed. Everything goes under ``--workdir`` (default ``runs/distill``):
+``results.csv`` (one row per run), ``results.md`` (the paper's table, mean ± std over
+seeds, best per column in bold) and ``results.png`` (accuracy vs points per class).
+Killed at any point, the same command resumes: finished runs are skipped, the
+interrupted one continues from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+from experiments import cli
+from experiments.configs.distill import PRESETS, DistillPreset
+from experiments.train_teacher import train_teacher
+from jkt import checkpoint, data, parallel, report
+from jkt.train import (
+    ESTIMATORS,
+    METHOD_LABELS,
+    METHODS,
+    NonFiniteLossError,
+    TrainConfig,
+    method_objective,
+    train_and_evaluate,
+)
+
+
+def parse_args(argv=None) -> tuple[argparse.Namespace, DistillPreset]:
+    p = argparse.ArgumentParser(description="Table 1 of Srinivas & Fleuret (2018).",
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__)
+    p.add_argument("--preset", default="quick", choices=sorted(PRESETS),
+                   help="starting configuration (default: quick, offline on digits)")
+    cli.add_data_args(p, default=None)
+    p.add_argument("--workdir", default="runs/distill")
+    p.add_argument("--teacher", default=None, help="teacher artifact dir (default: train one)")
+    p.add_argument("--methods", default=None, help=f"comma list of {', '.join(METHODS)}")
+    p.add_argument("--n-per-class", default=None, help="comma list, e.g. 1,5,10,full")
+    p.add_argument("--seeds", default=None, help="comma list of seeds, e.g. 0,1,2")
+    p.add_argument("--estimator", default=None, choices=ESTIMATORS)
+    p.add_argument("--normalize", action="store_true", default=None,
+                   help="match Jacobians in the eq.-10 normalised form")
+    p.add_argument("--student", default=None)
+    p.add_argument("--width-multiplier", type=float, default=None,
+                   help="channel width of both networks (default: preset)")
+    p.add_argument("--max-steps", type=int, default=None, help="cap on steps per student run")
+    p.add_argument("--teacher-max-steps", type=int, default=None)
+    p.add_argument("--checkpoint-every", type=int, default=None,
+                   help="steps between checkpoints of a run (default: preset)")
+    cli.add_optim_args(p, default=None)
+    cli.add_optim_args(p, default=None, prefix="teacher-")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+
+    pre = PRESETS[args.preset]()
+    changes = {}
+    if args.dataset:
+        changes["dataset"] = args.dataset
+    if args.methods:
+        methods = cli.parse_list(args.methods)
+        bad = [m for m in methods if m not in METHODS]
+        if bad:
+            p.error(f"unknown method(s) {bad}; valid: {', '.join(METHODS)}")
+        changes["methods"] = methods
+    if args.n_per_class:
+        ns = cli.parse_list(args.n_per_class, int)
+        bad = [n for n in ns if not ((isinstance(n, int) and n > 0) or n == "full")]
+        if bad:
+            p.error(f"--n-per-class takes positive integers or 'full', got {bad}")
+        changes["n_per_class"] = ns
+    if args.seeds:
+        seeds = cli.parse_list(args.seeds, int)
+        if not all(isinstance(s, int) for s in seeds):
+            p.error(f"--seeds takes integers, got {args.seeds!r}")
+        changes["seeds"] = seeds
+    for flag, field in (("estimator", "estimator"), ("normalize", "normalize"),
+                        ("student", "student"), ("max_steps", "max_steps"),
+                        ("teacher_max_steps", "teacher_max_steps"),
+                        ("checkpoint_every", "checkpoint_every")):
+        if getattr(args, flag) is not None:
+            changes[field] = getattr(args, flag)
+    if args.width_multiplier is not None:
+        changes["student_options"] = {**pre.student_options,
+                                      "width_multiplier": args.width_multiplier}
+        changes["teacher_options"] = {**pre.teacher_options,
+                                      "width_multiplier": args.width_multiplier}
+    try:
+        changes["optim"] = cli.optim_from_args(args, pre.optim)
+        changes["teacher_optim"] = cli.optim_from_args(args, pre.teacher_optim, "teacher-")
+    except ValueError as e:
+        p.error(str(e))
+    return args, dataclasses.replace(pre, **changes)
+
+
+def run_grid(preset: DistillPreset, workdir: Path, *, teacher_dir: str | None = None,
+             progress: bool = True, mesh=None, data_dir=None, val_fraction: float = 0.1,
+             image_size: int | None = None) -> list[dict]:
+    """Runs (or resumes) the whole grid and writes results.{csv,md,png}; returns the rows."""
+    mesh = parallel.make_mesh() if mesh is None else mesh
+    workdir.mkdir(parents=True, exist_ok=True)
+    ds = data.load(preset.dataset, image_size=image_size or preset.image_size,
+                   val_fraction=val_fraction, data_dir=data_dir)
+    print(f"{ds.name}: {len(ds.train)} train / {len(ds.val)} val / {len(ds.test)} test, "
+          f"{ds.num_classes} classes, {parallel.process_count_str(mesh)}")
+    # Subsets are drawn before training so that a bad n fails at once, not hours in.
+    subsets = {(n, s): data.subset_per_class(ds.train, n, s, class_names=ds.class_names,
+                                             num_classes=ds.num_classes)
+               for n in preset.n_per_class for s in preset.seeds}
+    if teacher_dir:
+        teacher = checkpoint.restore_teacher(teacher_dir)
+        if teacher.meta.num_classes != ds.num_classes:
+            raise ValueError(f"teacher at {teacher_dir} has {teacher.meta.num_classes} classes, "
+                             f"{ds.name} has {ds.num_classes}")
+    else:
+        teacher = train_teacher(ds, workdir / "teacher", arch=preset.teacher,
+                                model_options=preset.teacher_options, optim=preset.teacher_optim,
+                                max_steps=preset.teacher_max_steps, progress=progress, mesh=mesh)
+    t_acc = teacher.meta.extra.get("test_accuracy")
+    grid = [(m, n, s) for n in preset.n_per_class for m in preset.methods for s in preset.seeds]
+    rows = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(grid), desc="grid", position=0, dynamic_ncols=True)
+    try:
+        for method, n, seed in grid:
+            name = f"{method}/n{n}_seed{seed}"
+            if bar is not None:
+                bar.set_description(f"grid [{name}]")
+            cfg = TrainConfig(
+                model=preset.student, model_options=dict(preset.student_options),
+                objective=method_objective(method, estimator=preset.estimator,
+                                           normalize=preset.normalize),
+                optim=preset.optim, seed=seed, max_steps=preset.max_steps,
+                checkpoint_every=preset.checkpoint_every, progress=progress)
+            t0 = time.time()
+            try:
+                res = train_and_evaluate(
+                    cfg, subsets[(n, seed)], {"val": ds.val, "test": ds.test},
+                    num_classes=ds.num_classes, mean=ds.mean, std=ds.std,
+                    workdir=workdir / "runs" / name, teacher=teacher, mesh=mesh, desc=name)
+            except NonFiniteLossError as e:
+                raise NonFiniteLossError(f"run {name}: {e}") from e
+            rows.append({"method": method, "n_per_class": n, "seed": seed,
+                         "val_accuracy": res.accuracy["val"],
+                         "test_accuracy": res.accuracy["test"],
+                         **{f"final_{k}": v for k, v in res.final_metrics.items()},
+                         "steps": res.steps, "wall_time_s": round(res.wall_time, 2),
+                         "resumed_from": res.resumed_from,
+                         "skipped": time.time() - t0 < 0.5 and res.wall_time > 0.5})
+            write_results(rows, preset, workdir, t_acc)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return rows
+
+
+def write_results(rows: list[dict], preset: DistillPreset, workdir: Path,
+                  teacher_accuracy: float | None) -> str:
+    """results.csv, results.md and results.png from the rows so far; returns the markdown."""
+    report.write_csv(rows, workdir / "results.csv")
+    cols = list(preset.n_per_class)
+    common = dict(row_key="method", col_key="n_per_class", row_order=list(preset.methods),
+                  col_order=cols, row_labels=METHOD_LABELS,
+                  col_header="# of data points per class →")
+    seeds = len(preset.seeds)
+    teacher = f"{teacher_accuracy:.2%}" if teacher_accuracy is not None else "n/a"
+    md = (f"# Distillation ({preset.dataset}: {preset.teacher} teacher → {preset.student} "
+          f"student)\n\nTest accuracy (%), mean ± std over {seeds} seed(s); best per column "
+          f"in bold. Teacher test accuracy: {teacher}. Jacobian estimator: "
+          f"`{preset.estimator}`{' (eq. 10 normalised)' if preset.normalize else ''}.\n\n"
+          + report.markdown_table(rows, value_key="test_accuracy", **common)
+          + "\n\nValidation accuracy (%) (what any selection should use):\n\n"
+          + report.markdown_table(rows, value_key="val_accuracy", **common) + "\n")
+    (workdir / "results.md").write_text(md)
+    full = max([n for n in cols if isinstance(n, int)], default=1) * 5
+    report.line_plot(rows, workdir / "results.png", line_key="method", x_key="n_per_class",
+                     y_key="test_accuracy", line_order=list(preset.methods), x_order=cols,
+                     line_labels=METHOD_LABELS, x_positions={"full": full},
+                     xlabel="data points per class (log; 'full' plotted at right)",
+                     ylabel="test accuracy (%)", title=f"Distillation on {preset.dataset}")
+    return md
+
+
+def main(argv=None):
+    args, preset = parse_args(argv)
+    workdir = Path(args.workdir)
+    cli.setup_jax(workdir)
+    (workdir).mkdir(parents=True, exist_ok=True)
+    (workdir / "preset.json").write_text(json.dumps(dataclasses.asdict(preset), indent=1,
+                                                    default=str))
+    try:
+        run_grid(preset, workdir, teacher_dir=args.teacher, progress=not args.no_progress,
+                 data_dir=args.data_dir, val_fraction=args.val_fraction,
+                 image_size=args.image_size)
+    except (FileNotFoundError, ValueError, NonFiniteLossError) as e:
+        cli.fail(str(e))
+    print((workdir / "results.md").read_text())
+    print(f"wrote {workdir / 'results.csv'}, {workdir / 'results.md'}, {workdir / 'results.png'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""End-to-end tests of ``python -m experiments.distill`` on generated images.
+
+Each invocation runs in a subprocess (as a user would run it) with one CPU device.
+"""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from experiments import distill
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """3 classes × 12 images of 32×32: class-coloured noise, so the task is learnable."""
+    root = tmp_path_factory.mktemp("imgs")
+    rng = np.random.default_rng(0)
+    colours = np.array([[200, 30, 30], [30, 200, 30], [30, 30, 200]])
+    for c, name in enumerate(("red", "green", "blue")):
+        (root / name).mkdir()
+        for i in range(12):
+            img = np.clip(colours[c] + rng.normal(0, 40, (32, 32, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(root / name / f"{i}.png")
+    return root
+
+
+def _cmd(folder, workdir, *extra):
+    return [sys.executable, "-m", "experiments.distill", "--dataset", f"folder:{folder}",
+            "--workdir", str(workdir), "--methods", "ce,ce+act+jac", "--n-per-class", "1,2",
+            "--seeds", "0", "--width-multiplier", "0.0625", "--max-steps", "4",
+            "--teacher-max-steps", "4", "--batch-size", "8", "--teacher-batch-size", "8",
+            "--val-fraction", "0.2", "--no-progress", *extra]
+
+
+def _env(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(JKT_CACHE=str(tmp_path / "cache"), PYTHONPATH=str(ROOT),
+               JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+               JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
+    return env
+
+
+def _rows(workdir):
+    with (workdir / "results.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_end_to_end_writes_all_outputs_and_resumes_after_kill(image_folder, tmp_path):
+    ref = tmp_path / "ref"
+    out = subprocess.run(_cmd(image_folder, ref), env=_env(tmp_path), cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = _rows(ref)
+    assert {(r["method"], r["n_per_class"]) for r in rows} == {
+        ("ce", "1"), ("ce", "2"), ("ce+act+jac", "1"), ("ce+act+jac", "2")}
+    for r in rows:
+        assert 0.0 <= float(r["test_accuracy"]) <= 1.0
+        assert int(r["steps"]) == 4
+    assert all(r["final_jac"] != "" for r in rows if r["method"] == "ce+act+jac")
+    md = (ref / "results.md").read_text()
+    assert "CE + match {activations + Jacobians}" in md and "**" in md
+    assert (ref / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Cross-Entropy (CE) training" in out.stdout
+    assert (ref / "teacher" / "artifact").is_dir()
+
+    # Same grid with checkpoints every step; kill -9 once the first student run has a
+    # checkpoint, rerun the same command, and get the same numbers as the reference.
+    work = tmp_path / "killed"
+    cmd = _cmd(image_folder, work, "--checkpoint-every", "1")
+    proc = subprocess.Popen(cmd, env=_env(tmp_path), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    ckpt_dir = work / "runs" / "ce+act+jac" / "n1_seed0" / "checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir()):
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    out = subprocess.run(cmd, env=_env(tmp_path), cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = {(r["method"], r["n_per_class"]): r for r in _rows(work)}
+    for r in rows:
+        g = got[(r["method"], r["n_per_class"])]
+        assert g["test_accuracy"] == r["test_accuracy"]
+        assert g["val_accuracy"] == r["val_accuracy"]
+        np.testing.assert_allclose(float(g["final_loss"]), float(r["final_loss"]), rtol=1e-5)
+
+    # A third invocation redoes nothing: every run is read back from its result.json.
+    t0 = time.time()
+    out = subprocess.run(cmd, env=_env(tmp_path), cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert [r["test_accuracy"] for r in _rows(work)] == [got[(r["method"], r["n_per_class"])][
+        "test_accuracy"] for r in _rows(work)]
+    assert time.time() - t0 < 60
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--methods", "ce,bogus"], "unknown method"),
+    (["--n-per-class", "0"], "positive integers or 'full'"),
+    (["--n-per-class", "x5"], "positive integers or 'full'"),
+    (["--seeds", "a"], "--seeds takes integers"),
+    (["--lr", "-1"], "learning_rate must be positive"),
+    (["--estimator", "nope"], "invalid choice"),
+])
+def test_cli_errors_are_one_clear_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        distill.parse_args(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1]
+
+
+def test_too_many_points_per_class_fails_before_training(image_folder, tmp_path):
+    cmd = _cmd(image_folder, tmp_path / "w")
+    cmd[cmd.index("1,2")] = "1,500"
+    out = subprocess.run(cmd, env=_env(tmp_path), cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 2
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and "500" in last
