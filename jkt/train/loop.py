@@ -162,7 +162,7 @@ def train_and_evaluate(
     model = create_model(cfg.model, num_classes, **cfg.model_options)
     stream = BatchStream(len(train), bs, seed=cfg.seed)
     n_steps = total_steps(cfg, len(train))
-    tx = make_optimizer(cfg.optim, stream.steps_per_epoch)
+    tx = make_optimizer(cfg.optim, stream.steps_per_epoch, n_steps)
     state = create_train_state(model, tx, jax.random.key(cfg.seed), image_shape, mesh,
                                init_variables=init_variables)
 

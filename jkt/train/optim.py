@@ -50,25 +50,31 @@ MIT_RECIPE = OptimConfig("sgd", 1e-3, (40, 60), 0.1, epochs=75, batch_size=8, mo
 RECIPES = {"cifar": CIFAR_RECIPE, "mit": MIT_RECIPE}
 
 
-def decay_boundaries(cfg: OptimConfig, steps_per_epoch: int) -> list[int]:
-    """Step numbers at which the learning rate decays."""
-    out = []
-    for e in cfg.decay_epochs:
-        epochs = e * cfg.epochs if 0 < e < 1 else e
-        out.append(int(round(epochs * steps_per_epoch)))
-    return out
+def decay_boundaries(cfg: OptimConfig, steps_per_epoch: int,
+                     total_steps: int | None = None) -> list[int]:
+    """Step numbers at which the learning rate decays.
+
+    Fractional ``decay_epochs`` are fractions of the run's ``total_steps`` (default
+    ``epochs * steps_per_epoch``; pass it when a step cap shortens the run); whole
+    numbers are epochs.
+    """
+    total = cfg.epochs * steps_per_epoch if total_steps is None else total_steps
+    return [int(round(e * total)) if 0 < e < 1 else int(round(e * steps_per_epoch))
+            for e in cfg.decay_epochs]
 
 
-def learning_rate_schedule(cfg: OptimConfig, steps_per_epoch: int) -> optax.Schedule:
+def learning_rate_schedule(cfg: OptimConfig, steps_per_epoch: int,
+                           total_steps: int | None = None) -> optax.Schedule:
     """Piecewise-constant schedule (``optax.piecewise_constant_schedule``)."""
-    bounds = decay_boundaries(cfg, steps_per_epoch)
+    bounds = decay_boundaries(cfg, steps_per_epoch, total_steps)
     return optax.piecewise_constant_schedule(
         cfg.learning_rate, {b: cfg.decay_factor for b in bounds if b > 0})
 
 
-def make_optimizer(cfg: OptimConfig, steps_per_epoch: int) -> optax.GradientTransformation:
-    """The optax transformation for ``cfg``."""
-    lr = learning_rate_schedule(cfg, steps_per_epoch)
+def make_optimizer(cfg: OptimConfig, steps_per_epoch: int,
+                   total_steps: int | None = None) -> optax.GradientTransformation:
+    """The optax transformation for ``cfg`` (see :func:`decay_boundaries`)."""
+    lr = learning_rate_schedule(cfg, steps_per_epoch, total_steps)
     parts = []
     if cfg.weight_decay > 0:
         parts.append(optax.add_decayed_weights(cfg.weight_decay))
