@@ -165,7 +165,8 @@ def attention_map(features: jax.Array) -> jax.Array:
       ``(B, H, W)``.
     """
     if features.ndim != 4:
-        raise ValueError(f"attention_map: expected (B, H, W, C) features, got {tuple(features.shape)}")
+        raise ValueError(
+            f"attention_map: expected (B, H, W, C) features, got {tuple(features.shape)}")
     return jnp.sum(jnp.square(features), axis=-1)
 
 
@@ -200,4 +201,5 @@ def match_attention(student_map: jax.Array, teacher_map: jax.Array,
         return jnp.where(ok, jnp.sqrt(jnp.where(ok, sq, 1.0)), 0.0)
     if variant == "at_code":
         return sq / (diff[0].size)
-    raise ValueError(f"match_attention: unknown variant {variant!r}; valid: {ATTENTION_LOSS_VARIANTS}")
+    raise ValueError(
+        f"match_attention: unknown variant {variant!r}; valid: {ATTENTION_LOSS_VARIANTS}")

@@ -31,7 +31,8 @@ def initialize_distributed() -> bool:
     if jax.distributed.is_initialized():
         return True
     explicit = "JAX_COORDINATOR_ADDRESS" in os.environ
-    cluster = any(k in os.environ for k in ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_ID"))
+    cluster_vars = ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_ID")
+    cluster = any(k in os.environ for k in cluster_vars)
     if not (explicit or cluster):
         return False
     if explicit:

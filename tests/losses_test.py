@@ -80,7 +80,8 @@ def test_attention_losses_scale_invariant_and_zero_on_equal_maps():
 
 
 def test_shape_errors_name_both_shapes():
-    with pytest.raises(ValueError, match=r"student shape \(2, 3\) does not match teacher shape \(2, 4\)"):
+    with pytest.raises(ValueError,
+                       match=r"student shape \(2, 3\) does not match teacher shape \(2, 4\)"):
         losses.match_activations(jnp.ones((2, 3)), jnp.ones((2, 4)))
     with pytest.raises(ValueError, match="match_jacobians"):
         losses.match_jacobians(jnp.ones((2, 3, 3)), jnp.ones((2, 3, 4)))
@@ -151,7 +152,7 @@ def test_jacobian_matching_second_order_grads():
             return jnp.mean(losses.match_jacobians(gs, gt, normalize=normalize))
 
         for normalize in (False, True):
-            check_grads(lambda p: loss(p, normalize), (ps,), order=2, modes=["rev"])
+            check_grads(lambda p, n=normalize: loss(p, n), (ps,), order=2, modes=["rev"])
         check_grads(lambda p: jnp.mean(losses.jacobian_norm(jj.vjp_input(
             lambda z: fs(p, z), x, v)[1])), (ps,), order=2, modes=["rev"])
 

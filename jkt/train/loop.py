@@ -231,9 +231,20 @@ def train_and_evaluate(
             if bar is not None:
                 bar.update(1)
             if done % cfg.checkpoint_every == 0 and done < n_steps:
+                if pending is not None:  # never checkpoint a state whose loss is unchecked
+                    host = {k: float(v) for k, v in jax.device_get(pending[1]).items()}
+                    _check_finite(host, pending[0])
+                    window.append(host)
+                    pending = None
                 ckpt.save(done, state, data_meta)
+        if pending is not None:
+            _check_finite({k: float(v) for k, v in jax.device_get(pending[1]).items()},
+                          pending[0])
         ckpt.save(n_steps, state, data_meta, force=True)
         ckpt.wait()
+    except BaseException:
+        ckpt.close()  # finish pending async saves before the error propagates
+        raise
     finally:
         history_file.close()
         if bar is not None:
