@@ -20,6 +20,8 @@ import json
 import time
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from experiments import cli
 from experiments.configs.distill import PRESETS, DistillPreset
 from experiments.train_teacher import train_teacher
@@ -128,15 +130,11 @@ def run_grid(preset: DistillPreset, workdir: Path, *, teacher_dir: str | None = 
     t_acc = teacher.meta.extra.get("test_accuracy")
     grid = [(m, n, s) for n in preset.n_per_class for m in preset.methods for s in preset.seeds]
     rows = []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(grid), desc="grid", position=0, dynamic_ncols=True)
+    bar = tqdm(total=len(grid), desc="grid", position=0, dynamic_ncols=True, disable=not progress)
     try:
         for method, n, seed in grid:
             name = f"{method}/n{n}_seed{seed}"
-            if bar is not None:
-                bar.set_description(f"grid [{name}]")
+            bar.set_description(f"grid [{name}]")
             cfg = TrainConfig(
                 model=preset.student, model_options=dict(preset.student_options),
                 objective=method_objective(method, estimator=preset.estimator,
@@ -159,11 +157,9 @@ def run_grid(preset: DistillPreset, workdir: Path, *, teacher_dir: str | None = 
                          "resumed_from": res.resumed_from,
                          "skipped": time.time() - t0 < 0.5 and res.wall_time > 0.5})
             write_results(rows, preset, workdir, t_acc)
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     return rows
 
 

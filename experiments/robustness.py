@@ -21,6 +21,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from experiments import cli
 from experiments.configs.robustness import PRESETS, RobustnessPreset
@@ -109,14 +110,11 @@ def run(p: RobustnessPreset, workdir: Path, *, progress: bool = True, mesh=None,
           f"{ds.num_classes} classes, {parallel.process_count_str(mesh)}")
     specs = model_rows(p)
     rows = []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(specs), desc="models", position=0, dynamic_ncols=True)
+    bar = tqdm(total=len(specs), desc="models", position=0, dynamic_ncols=True,
+               disable=not progress)
     try:
         for spec in specs:
-            if bar is not None:
-                bar.set_description(f"models [{spec.name}]")
+            bar.set_description(f"models [{spec.name}]")
             cfg = TrainConfig(model=p.model, model_options=spec.model_options,
                               objective=spec.objective,
                               optim=dataclasses.replace(p.optim, weight_decay=spec.weight_decay),
@@ -145,11 +143,9 @@ def run(p: RobustnessPreset, workdir: Path, *, progress: bool = True, mesh=None,
                              **{f"final_{k}": v for k, v in res.final_metrics.items()},
                              "steps": res.steps})
             write_results(rows, specs, p, workdir)
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     return rows
 
 

@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from experiments import cli
 from experiments.configs.transfer import POOL_WINDOWS, PRESETS, TRANSFER_METHODS, TransferPreset
@@ -401,14 +402,10 @@ def run_grid(preset: TransferPreset, workdir: Path, *, teacher_dir: str | None =
                        f"{teacher.meta.num_classes} classes)",
             "target": target.name, "analogue": source is not None}
     rows = {"main": [], "depth": [], "pool": []}
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(runs), desc="grid", position=0, dynamic_ncols=True)
+    bar = tqdm(total=len(runs), desc="grid", position=0, dynamic_ncols=True, disable=not progress)
     try:
         for r in runs:
-            if bar is not None:
-                bar.set_description(f"grid [{r.name}]")
+            bar.set_description(f"grid [{r.name}]")
             cfg = TrainConfig(model=preset.student, model_options=dict(s_opts),
                               objective=r.objective, optim=preset.optim, seed=r.seed,
                               max_steps=preset.max_steps, log_every=preset.log_every,
@@ -442,11 +439,9 @@ def run_grid(preset: TransferPreset, workdir: Path, *, teacher_dir: str | None =
                         "skipped": time.time() - t0 < 0.5 and res.wall_time > 0.5})
             rows[r.kind].append(row)
             write_results(rows, preset, workdir, info)
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     return rows
 
 

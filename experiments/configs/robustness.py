@@ -48,8 +48,8 @@ def quick() -> RobustnessPreset:
 
         python -m experiments.robustness
 
-    Adam 3e-3 -> 3e-4 at step 240, batch 32; 5 noise draws per σ. About 6 minutes on
-    2 CPU cores.
+    Adam 3e-3 -> 3e-4 at step 240, batch 32; 5 noise draws per σ. 2 minutes on 2 CPU
+    cores.
     """
     return RobustnessPreset(
         model_options={"width_multiplier": 0.25},

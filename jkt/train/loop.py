@@ -18,6 +18,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from tqdm.auto import tqdm
 
 from jkt import parallel
 from jkt.checkpoint import TrainCheckpointer
@@ -197,11 +198,8 @@ def train_and_evaluate(
 
     t0 = time.time()
     history_file = (workdir / "metrics.jsonl").open("a")
-    bar = None
-    if cfg.progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=n_steps, initial=start, desc=desc or "train", leave=False,
-                   dynamic_ncols=True)
+    bar = tqdm(total=n_steps, initial=start, desc=desc or "train", leave=False,
+               dynamic_ncols=True, disable=not cfg.progress)
     window: list[dict] = []
     last: dict[str, float] = {}  # metrics of the final step (what result.json reports)
     pending = None  # (step, device metrics) of the previous step
@@ -226,10 +224,8 @@ def train_and_evaluate(
                 history_file.write(json.dumps({"step": done, "epoch": stream.epoch(done),
                                                **means}) + "\n")
                 history_file.flush()
-                if bar is not None:
-                    bar.set_postfix({k: f"{v:.3g}" for k, v in means.items()}, refresh=False)
-            if bar is not None:
-                bar.update(1)
+                bar.set_postfix({k: f"{v:.3g}" for k, v in means.items()}, refresh=False)
+            bar.update(1)
             if done % cfg.checkpoint_every == 0 and done < n_steps:
                 if pending is not None:  # never checkpoint a state whose loss is unchecked
                     host = {k: float(v) for k, v in jax.device_get(pending[1]).items()}
@@ -247,8 +243,7 @@ def train_and_evaluate(
         raise
     finally:
         history_file.close()
-        if bar is not None:
-            bar.close()
+        bar.close()
 
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     eval_fn = jax.jit(make_eval_step(model, mean=mean, std=std))
