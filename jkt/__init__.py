@@ -12,3 +12,7 @@ Public modules:
 """
 
 __version__ = "0.1.0"
+
+from jkt import checkpoint, data, jacobian, losses, models, parallel, report, train  # noqa: E402
+
+__all__ = ["checkpoint", "data", "jacobian", "losses", "models", "parallel", "report", "train"]
