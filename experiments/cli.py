@@ -70,6 +70,14 @@ def parse_list(text: str, kind=str) -> tuple:
     return tuple(out)
 
 
+def parse_points_per_class(p: argparse.ArgumentParser, flag: str, text: str) -> tuple:
+    """``"1,5,full"`` -> ``(1, 5, "full")``; anything else is a one-line usage error."""
+    ns = parse_list(text, int)
+    if not ns or any(not ((isinstance(n, int) and n > 0) or n == "full") for n in ns):
+        p.error(f"{flag} takes positive integers or 'full', got {text!r}")
+    return ns
+
+
 def fail(message: str) -> None:
     """Prints one clear line and exits with status 2."""
     print(f"error: {message}", file=sys.stderr)

@@ -75,11 +75,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, DistillPreset]:
             p.error(f"unknown method(s) {bad}; valid: {', '.join(METHODS)}")
         changes["methods"] = methods
     if args.n_per_class:
-        ns = cli.parse_list(args.n_per_class, int)
-        bad = [n for n in ns if not ((isinstance(n, int) and n > 0) or n == "full")]
-        if bad:
-            p.error(f"--n-per-class takes positive integers or 'full', got {bad}")
-        changes["n_per_class"] = ns
+        changes["n_per_class"] = cli.parse_points_per_class(p, "--n-per-class", args.n_per_class)
     if args.seeds:
         seeds = cli.parse_list(args.seeds, int)
         if not all(isinstance(s, int) for s in seeds):

@@ -587,11 +587,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, TransferPreset]:
         changes["methods"] = methods
     for flag, field in (("n_per_class", "n_per_class"), ("ablation_n", "ablation_n")):
         if getattr(args, flag):
-            ns = cli.parse_list(getattr(args, flag), int)
-            bad = [n for n in ns if not ((isinstance(n, int) and n > 0) or n == "full")]
-            if bad or not ns:
-                p.error(f"--{flag.replace('_', '-')} takes positive integers or 'full', got "
-                        f"{getattr(args, flag)!r}")
+            ns = cli.parse_points_per_class(p, f"--{flag.replace('_', '-')}",
+                                            getattr(args, flag))
             changes[field] = ns if field == "n_per_class" else ns[0]
     if args.seeds:
         seeds = cli.parse_list(args.seeds, int)
