@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -23,6 +24,17 @@ def setup_jax(workdir: Path) -> None:
         cache = Path(workdir).absolute() / ".jax_cache"
         jax.config.update("jax_compilation_cache_dir", str(cache))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def prepare_workdir(workdir, preset) -> Path:
+    """JAX setup (:func:`setup_jax`), the work directory, and ``preset.json`` recording the
+    exact configuration of the run (a dataclass)."""
+    workdir = Path(workdir)
+    setup_jax(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "preset.json").write_text(
+        json.dumps(dataclasses.asdict(preset), indent=1, default=str))
+    return workdir
 
 
 def add_data_args(p: argparse.ArgumentParser, default: str | None = "digits") -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -188,11 +187,7 @@ def write_results(rows: list[dict], preset: DistillPreset, workdir: Path,
 
 def main(argv=None):
     args, preset = parse_args(argv)
-    workdir = Path(args.workdir)
-    cli.setup_jax(workdir)
-    (workdir).mkdir(parents=True, exist_ok=True)
-    (workdir / "preset.json").write_text(json.dumps(dataclasses.asdict(preset), indent=1,
-                                                    default=str))
+    workdir = cli.prepare_workdir(args.workdir, preset)
     try:
         run_grid(preset, workdir, teacher_dir=args.teacher, progress=not args.no_progress,
                  data_dir=args.data_dir, val_fraction=args.val_fraction,

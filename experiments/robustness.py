@@ -244,11 +244,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, RobustnessPreset]:
 
 def main(argv=None):
     args, preset = parse_args(argv)
-    workdir = Path(args.workdir)
-    cli.setup_jax(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "preset.json").write_text(json.dumps(dataclasses.asdict(preset), indent=1,
-                                                    default=str))
+    workdir = cli.prepare_workdir(args.workdir, preset)
     try:
         run(preset, workdir, progress=not args.no_progress, data_dir=args.data_dir,
             val_fraction=args.val_fraction)

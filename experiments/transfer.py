@@ -641,11 +641,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, TransferPreset]:
 
 def main(argv=None):
     args, preset = parse_args(argv)
-    workdir = Path(args.workdir)
-    cli.setup_jax(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "preset.json").write_text(json.dumps(dataclasses.asdict(preset), indent=1,
-                                                    default=str))
+    workdir = cli.prepare_workdir(args.workdir, preset)
     try:
         rows = run_grid(preset, workdir, teacher_dir=args.teacher,
                         source_student_dir=args.source_student, progress=not args.no_progress,
