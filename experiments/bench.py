@@ -240,7 +240,7 @@ def run_torch(tr, method: Method, bench: JaxBench, init_vars: dict) -> dict:
     if method.teacher:
         teacher = tr.load_flax_variables(tr.create("vgg9", k, w), bench.teacher()[2]).to(device)
     opt = torch.optim.Adam(student.parameters(), lr=CIFAR_RECIPE.learning_rate)
-    step_fn = tr.make_train_step(student, teacher, tr.TorchObjective.from_objective(
+    step_fn = tr.make_train_step(student, teacher, tr.supported(
         method.objective), opt, mean=CIFAR100_MEAN, std=CIFAR100_STD)
     images = torch.from_numpy(bench.host_batch["image"]).to(device)
     labels = torch.from_numpy(bench.host_batch["label"]).long().to(device)

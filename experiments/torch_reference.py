@@ -12,7 +12,6 @@ loss values (``tests/bench_test.py``).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -22,6 +21,7 @@ from torch import nn
 
 from jkt.jacobian import pooling_window
 from jkt.models.vgg import VGG4_CONFIG, VGG9_CONFIG, scale_width
+from jkt.train.objective import Objective
 
 CONFIGS = {"vgg4": VGG4_CONFIG, "vgg9": VGG9_CONFIG}
 
@@ -93,32 +93,11 @@ def load_flax_variables(model: TorchVGG, variables) -> TorchVGG:
     return model
 
 
-@dataclasses.dataclass(frozen=True)
-class TorchObjective:
-    """The subset of ``jkt.train.Objective`` the reference implements (same meaning)."""
-
-    ce: float = 1.0
-    act: float = 0.0
-    jac: float = 0.0
-    jac_norm: float = 0.0
-    att: float = 0.0
-    att_jac: float = 0.0
-    estimator: str = "label"
-    normalize: bool = False
-    att_pairs: tuple[tuple[str, str], ...] = ()
-    att_jac_pair: tuple[str, str] | None = None
-    pool_fraction: float | None = 0.2
-
-    @classmethod
-    def from_objective(cls, objective) -> TorchObjective:
-        """From a ``jkt.train.Objective`` (raises for options the reference lacks)."""
-        if getattr(objective, "att_variant", "paper") != "paper":
-            raise ValueError("the torch reference implements only the paper's attention loss")
-        return cls(**{f.name: getattr(objective, f.name) for f in dataclasses.fields(cls)})
-
-    @property
-    def needs_teacher(self) -> bool:
-        return any(w > 0 for w in (self.act, self.jac, self.att, self.att_jac))
+def supported(objective: Objective) -> Objective:
+    """``objective`` itself, after checking the reference implements all of it."""
+    if objective.att_variant != "paper":
+        raise ValueError("the torch reference implements only the paper's attention loss")
+    return objective
 
 
 def augment(images: torch.Tensor, pad: int = 4) -> torch.Tensor:
@@ -178,7 +157,7 @@ def _jvp_by_double_backward(y, x, u, create_graph):
     return torch.autograd.grad(g, v, u, create_graph=create_graph, retain_graph=True)[0]
 
 
-def compute_losses(objective: TorchObjective, student: nn.Module, teacher: nn.Module | None,
+def compute_losses(objective: Objective, student: nn.Module, teacher: nn.Module | None,
                    x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
     """``(total, terms)`` for normalised NCHW inputs ``x``: the ``jkt`` composer's maths.
 
@@ -255,7 +234,7 @@ def compute_losses(objective: TorchObjective, student: nn.Module, teacher: nn.Mo
     return total, terms
 
 
-def make_train_step(student: nn.Module, teacher: nn.Module | None, objective: TorchObjective,
+def make_train_step(student: nn.Module, teacher: nn.Module | None, objective: Objective,
                     optimizer: torch.optim.Optimizer, *, mean, std, augment_images: bool = True):
     """``step(images_uint8_nhwc, labels) -> total loss`` (a tensor; no host sync)."""
     if objective.needs_teacher and teacher is None:

@@ -134,7 +134,7 @@ def test_torch_reference_matches_jkt(objective, teacher_arch):
     t_student = tr.load_flax_variables(tr.create("vgg4", K, width), s_vars).train()
     t_teacher = tr.load_flax_variables(tr.create(teacher_arch, K, width), t_vars).eval()
     x = tr.normalize(torch.from_numpy(images), MEAN, STD)
-    total, terms = tr.compute_losses(tr.TorchObjective.from_objective(objective), t_student,
+    total, terms = tr.compute_losses(tr.supported(objective), t_student,
                                      t_teacher, x, torch.from_numpy(labels).long())
     got = {k: float(v.detach()) for k, v in terms.items()}
     assert set(got) == set(want) - {"loss", "accuracy", "agreement"}
