@@ -31,8 +31,9 @@ from jkt.train import (
     METHODS,
     NonFiniteLossError,
     TrainConfig,
+    fusion_groups,
     method_objective,
-    train_and_evaluate,
+    train_and_evaluate_fused,
 )
 
 
@@ -60,6 +61,9 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, DistillPreset]:
                    help="steps between checkpoints of a run (default: preset)")
     cli.add_optim_args(p, default=None)
     cli.add_optim_args(p, default=None, prefix="teacher-")
+    p.add_argument("--fusion", default=None, choices=("unroll", "vmap", "off"),
+                   help="train the methods of one (n, seed) cell that need the same passes in "
+                        "one jitted step (default: preset, unroll) or each on its own (off)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
 
@@ -83,7 +87,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, DistillPreset]:
     for flag, field in (("estimator", "estimator"), ("normalize", "normalize"),
                         ("student", "student"), ("max_steps", "max_steps"),
                         ("teacher_max_steps", "teacher_max_steps"),
-                        ("checkpoint_every", "checkpoint_every")):
+                        ("checkpoint_every", "checkpoint_every"), ("fusion", "fusion")):
         if getattr(args, flag) is not None:
             changes[field] = getattr(args, flag)
     if args.width_multiplier is not None:
@@ -123,36 +127,50 @@ def run_grid(preset: DistillPreset, workdir: Path, *, teacher_dir: str | None = 
                                 model_options=preset.teacher_options, optim=preset.teacher_optim,
                                 max_steps=preset.teacher_max_steps, progress=progress, mesh=mesh)
     t_acc = teacher.meta.extra.get("test_accuracy")
-    grid = [(m, n, s) for n in preset.n_per_class for m in preset.methods for s in preset.seeds]
+    objectives = {m: method_objective(m, estimator=preset.estimator, normalize=preset.normalize)
+                  for m in preset.methods}
+    if preset.fusion == "off":
+        groups = [[m] for m in preset.methods]
+    else:
+        groups = [[preset.methods[i] for i in g]
+                  for g in fusion_groups([objectives[m] for m in preset.methods])]
     rows = []
-    bar = tqdm(total=len(grid), desc="grid", position=0, dynamic_ncols=True, disable=not progress)
+    bar = tqdm(total=len(preset.methods) * len(preset.n_per_class) * len(preset.seeds),
+               desc="grid", position=0, dynamic_ncols=True, disable=not progress)
     try:
-        for method, n, seed in grid:
-            name = f"{method}/n{n}_seed{seed}"
-            bar.set_description(f"grid [{name}]")
-            cfg = TrainConfig(
-                model=preset.student, model_options=dict(preset.student_options),
-                objective=method_objective(method, estimator=preset.estimator,
-                                           normalize=preset.normalize),
-                optim=preset.optim, seed=seed, max_steps=preset.max_steps,
-                checkpoint_every=preset.checkpoint_every, progress=progress)
-            t0 = time.time()
-            try:
-                res = train_and_evaluate(
-                    cfg, subsets[(n, seed)], {"val": ds.val, "test": ds.test},
-                    num_classes=ds.num_classes, mean=ds.mean, std=ds.std,
-                    workdir=workdir / "runs" / name, teacher=teacher, mesh=mesh, desc=name)
-            except NonFiniteLossError as e:
-                raise NonFiniteLossError(f"run {name}: {e}") from e
-            rows.append({"method": method, "n_per_class": n, "seed": seed,
-                         "val_accuracy": res.accuracy["val"],
-                         "test_accuracy": res.accuracy["test"],
-                         **{f"final_{k}": v for k, v in res.final_metrics.items()},
-                         "steps": res.steps, "wall_time_s": round(res.wall_time, 2),
-                         "resumed_from": res.resumed_from,
-                         "skipped": time.time() - t0 < 0.5 and res.wall_time > 0.5})
-            write_results(rows, preset, workdir, t_acc)
-            bar.update(1)
+        for n in preset.n_per_class:
+            for seed in preset.seeds:
+                for group in groups:
+                    names = [f"{m}/n{n}_seed{seed}" for m in group]
+                    bar.set_description(f"grid [{', '.join(names)}]")
+                    cfgs = [TrainConfig(
+                        model=preset.student, model_options=dict(preset.student_options),
+                        objective=objectives[m], optim=preset.optim, seed=seed,
+                        max_steps=preset.max_steps, checkpoint_every=preset.checkpoint_every,
+                        progress=progress) for m in group]
+                    t0 = time.time()
+                    try:
+                        results = train_and_evaluate_fused(
+                            cfgs, subsets[(n, seed)], {"val": ds.val, "test": ds.test},
+                            num_classes=ds.num_classes, mean=ds.mean, std=ds.std,
+                            workdirs=[workdir / "runs" / name for name in names],
+                            teacher=teacher, mesh=mesh, descs=names,
+                            mode="unroll" if preset.fusion == "off" else preset.fusion)
+                    except NonFiniteLossError as e:
+                        raise NonFiniteLossError(f"run {' / '.join(names)}: {e}") from e
+                    skipped = time.time() - t0 < 0.5
+                    for m, res in zip(group, results, strict=True):
+                        rows.append({
+                            "method": m, "n_per_class": n, "seed": seed,
+                            "val_accuracy": res.accuracy["val"],
+                            "test_accuracy": res.accuracy["test"],
+                            **{f"final_{k}": v for k, v in res.final_metrics.items()},
+                            "steps": res.steps, "fused_runs": len(group),
+                            "wall_time_s": round(res.wall_time, 2),
+                            "resumed_from": res.resumed_from,
+                            "skipped": skipped and res.wall_time > 0.5})
+                    write_results(rows, preset, workdir, t_acc)
+                    bar.update(len(group))
     finally:
         bar.close()
     return rows

@@ -36,7 +36,7 @@ def image_folder(tmp_path_factory):
 
 def _cmd(folder, workdir, *extra):
     return [sys.executable, "-m", "experiments.distill", "--dataset", f"folder:{folder}",
-            "--workdir", str(workdir), "--methods", "ce,ce+act+jac", "--n-per-class", "1,2",
+            "--workdir", str(workdir), "--methods", "ce,ce+jac,ce+act+jac", "--n-per-class", "1,2",
             "--seeds", "0", "--width-multiplier", "0.0625", "--max-steps", "4",
             "--teacher-max-steps", "4", "--batch-size", "8", "--teacher-batch-size", "8",
             "--val-fraction", "0.2", "--no-progress", *extra]
@@ -62,7 +62,9 @@ def test_end_to_end_writes_all_outputs_and_resumes_after_kill(image_folder, tmp_
     assert out.returncode == 0, out.stderr[-3000:]
     rows = _rows(ref)
     assert {(r["method"], r["n_per_class"]) for r in rows} == {
-        ("ce", "1"), ("ce", "2"), ("ce+act+jac", "1"), ("ce+act+jac", "2")}
+        (m, n) for m in ("ce", "ce+jac", "ce+act+jac") for n in ("1", "2")}
+    assert {r["method"]: r["fused_runs"] for r in rows} == {"ce": "1", "ce+jac": "2",
+                                                           "ce+act+jac": "2"}
     for r in rows:
         assert 0.0 <= float(r["test_accuracy"]) <= 1.0
         assert int(r["steps"]) == 4
@@ -73,8 +75,8 @@ def test_end_to_end_writes_all_outputs_and_resumes_after_kill(image_folder, tmp_
     assert "Cross-Entropy (CE) training" in out.stdout
     assert (ref / "teacher" / "artifact").is_dir()
 
-    # Same grid with checkpoints every step; kill -9 once the first student run has a
-    # checkpoint, rerun the same command, and get the same numbers as the reference.
+    # Same grid with checkpoints every step; kill -9 once the first fused student runs have
+    # a checkpoint, rerun the same command, and get the same numbers as the reference.
     work = tmp_path / "killed"
     cmd = _cmd(image_folder, work, "--checkpoint-every", "1")
     proc = subprocess.Popen(cmd, env=_env(tmp_path), cwd=ROOT, stdout=subprocess.DEVNULL,
@@ -105,6 +107,41 @@ def test_end_to_end_writes_all_outputs_and_resumes_after_kill(image_folder, tmp_
     assert [r["test_accuracy"] for r in _rows(work)] == [got[(r["method"], r["n_per_class"])][
         "test_accuracy"] for r in _rows(work)]
     assert time.time() - t0 < 60
+
+
+def test_fused_grid_matches_separate_runs(image_folder, tmp_path):
+    """``--fusion unroll`` (default) and ``vmap`` give the numbers of ``--fusion off``."""
+    import dataclasses
+
+    import jax
+
+    from experiments.configs.distill import quick
+    from jkt import parallel
+
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    base = dataclasses.replace(
+        quick(), dataset=f"folder:{image_folder}", methods=("ce+jac", "act+jac", "ce+act+jac"),
+        n_per_class=(2,), seeds=(0,), max_steps=5, teacher_max_steps=4,
+        student_options={"width_multiplier": 0.0625},
+        teacher_options={"width_multiplier": 0.0625},
+        optim=dataclasses.replace(quick().optim, batch_size=8),
+        teacher_optim=dataclasses.replace(quick().teacher_optim, batch_size=8))
+    rows = {}
+    for fusion in ("off", "unroll", "vmap"):
+        rows[fusion] = distill.run_grid(
+            dataclasses.replace(base, fusion=fusion), tmp_path / fusion, mesh=mesh,
+            teacher_dir=None if fusion == "off" else str(tmp_path / "off" / "teacher" /
+                                                         "artifact"),
+            progress=False, val_fraction=0.2)
+    for fusion in ("unroll", "vmap"):
+        assert [r["fused_runs"] for r in rows[fusion]] == [3, 3, 3]
+        for got, want in zip(rows[fusion], rows["off"], strict=True):
+            assert got["method"] == want["method"]
+            assert got["test_accuracy"] == want["test_accuracy"], (fusion, got["method"])
+            for k in ("final_loss", "final_jac", "final_act"):
+                if k in want:
+                    np.testing.assert_allclose(got[k], want[k], rtol=1e-3, err_msg=k)
+            assert set(got) - {"fused_runs"} == set(want) - {"fused_runs"}
 
 
 @pytest.mark.parametrize("argv, message", [

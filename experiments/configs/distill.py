@@ -25,6 +25,10 @@ class DistillPreset:
       estimator: Jacobian estimator (app. 10.2 uses the true-label output).
       image_size: images are resized to this square size.
       checkpoint_every: steps between a run's checkpoints.
+      fusion: ``"unroll"`` (default) or ``"vmap"`` trains the methods of one (n, seed) cell
+        that need the same passes in one jitted step (``jkt.train.fused``: shared
+        batches and teacher passes; same numbers as separate runs to float rounding);
+        ``"off"`` trains every run on its own.
     """
 
     dataset: str = "digits"
@@ -43,6 +47,11 @@ class DistillPreset:
     normalize: bool = False
     image_size: int = 32
     checkpoint_every: int = 1000
+    fusion: str = "unroll"
+
+    def __post_init__(self):
+        if self.fusion not in ("unroll", "vmap", "off"):
+            raise ValueError(f"fusion must be unroll, vmap or off, got {self.fusion!r}")
 
 
 def quick() -> DistillPreset:

@@ -1,5 +1,6 @@
 """Training engine: loss composer, pure train/eval steps, jitted data-parallel loop."""
 
+from jkt.train.fused import FUSION_MODES, fusion_groups, make_fused_train_step
 from jkt.train.loop import (
     NonFiniteLossError,
     RunResult,
@@ -8,6 +9,7 @@ from jkt.train.loop import (
     final_variables,
     total_steps,
     train_and_evaluate,
+    train_and_evaluate_fused,
 )
 from jkt.train.objective import (
     ESTIMATORS,
@@ -27,5 +29,6 @@ __all__ = [
     "NonFiniteLossError", "Objective", "OptimConfig", "RunResult", "TABLE1_METHODS",
     "TrainConfig", "TrainState", "compose_losses", "create_train_state", "evaluate",
     "final_variables", "make_eval_step", "make_optimizer", "make_train_step",
-    "method_objective", "total_steps", "train_and_evaluate",
+    "method_objective", "total_steps", "train_and_evaluate", "train_and_evaluate_fused",
+    "FUSION_MODES", "fusion_groups", "make_fused_train_step",
 ]

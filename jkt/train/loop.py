@@ -25,7 +25,8 @@ from jkt.checkpoint import TrainCheckpointer
 from jkt.data.batches import BatchStream, eval_batches, make_batch
 from jkt.data.types import Split
 from jkt.models import create as create_model
-from jkt.train.objective import Objective
+from jkt.train import fused
+from jkt.train.objective import TERMS, Objective
 from jkt.train.optim import CIFAR_RECIPE, OptimConfig, make_optimizer
 from jkt.train.state import TrainState, create_train_state
 from jkt.train.step import make_eval_step, make_train_step
@@ -153,7 +154,78 @@ def train_and_evaluate(
     result_path = workdir / RESULT_FILE
     if result_path.exists():
         return RunResult(**json.loads(result_path.read_text()))
-    workdir.mkdir(parents=True, exist_ok=True)
+    return _train_runs([cfg], train, eval_splits, num_classes=num_classes, mean=mean, std=std,
+                       workdirs=[workdir], teacher=teacher, mesh=mesh,
+                       init_variables=init_variables, descs=[desc], fusion_mode=None)[0]
+
+
+def train_and_evaluate_fused(
+    cfgs: list[TrainConfig],
+    train: Split,
+    eval_splits: dict[str, Split],
+    *,
+    num_classes: int,
+    mean,
+    std,
+    workdirs: list,
+    teacher=None,
+    mesh=None,
+    descs: list[str] | None = None,
+    mode: str = "unroll",
+) -> list[RunResult]:
+    """Trains several runs that differ only in their loss weights in one jitted step
+    (:mod:`jkt.train.fused`): the batches, augmentation, estimator probes and the
+    teacher's passes are shared, computed once per step.
+
+    Each run keeps its own ``workdir`` (checkpoints, ``metrics.jsonl`` with its own active
+    terms, ``result.json``), so fused and separate runs resume each other's checkpoints.
+    Runs already finished are returned from their ``result.json``. If the unfinished runs'
+    latest checkpoints are at different steps, they are trained one after the other with
+    :func:`train_and_evaluate` instead. ``wall_time`` of every fused run is the group's.
+
+    Args:
+      cfgs: one config per run; all fields but ``objective`` must be equal, and the
+        objectives may differ only in their weights.
+      workdirs, descs: one per run.
+      mode: ``"unroll"`` or ``"vmap"`` (see :func:`jkt.train.fused.make_fused_train_step`).
+      Other arguments as in :func:`train_and_evaluate`.
+    """
+    if not cfgs or len(workdirs) != len(cfgs):
+        raise ValueError(f"need one workdir per config, got {len(cfgs)} configs and "
+                         f"{len(workdirs)} workdirs")
+    descs = list(descs) if descs is not None else [""] * len(cfgs)
+    for c in cfgs[1:]:
+        diff = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "objective"
+                and getattr(c, f.name) != getattr(cfgs[0], f.name)]
+        if diff:
+            raise ValueError(f"fused runs may differ only in their objective, not in {diff}")
+    fused.union_objective([c.objective for c in cfgs])  # structure check, before any work
+    workdirs = [Path(w) for w in workdirs]
+    results: list[RunResult | None] = [
+        RunResult(**json.loads((w / RESULT_FILE).read_text())) if (w / RESULT_FILE).exists()
+        else None for w in workdirs]
+    todo = [i for i, r in enumerate(results) if r is None]
+    common = dict(num_classes=num_classes, mean=mean, std=std, teacher=teacher, mesh=mesh)
+    steps = {TrainCheckpointer(workdirs[i] / "checkpoints").latest_step() for i in todo}
+    if len(todo) == 1 or len(steps) > 1:
+        for i in todo:
+            results[i] = train_and_evaluate(cfgs[i], train, eval_splits, workdir=workdirs[i],
+                                            desc=descs[i], **common)
+    elif todo:
+        done = _train_runs([cfgs[i] for i in todo], train, eval_splits,
+                           workdirs=[workdirs[i] for i in todo], descs=[descs[i] for i in todo],
+                           init_variables=None, fusion_mode=mode, **common)
+        for i, r in zip(todo, done, strict=True):
+            results[i] = r
+    return results
+
+
+def _train_runs(cfgs, train, eval_splits, *, num_classes, mean, std, workdirs, teacher, mesh,
+                init_variables, descs, fusion_mode) -> list[RunResult]:
+    """The training loop of one run (``fusion_mode=None``) or of fused runs."""
+    cfg = cfgs[0]
+    for w in workdirs:
+        w.mkdir(parents=True, exist_ok=True)
     mesh = parallel.make_mesh() if mesh is None else mesh
     bs = cfg.optim.batch_size
     parallel.check_batch_size(bs, mesh)
@@ -166,10 +238,12 @@ def train_and_evaluate(
     tx = make_optimizer(cfg.optim, stream.steps_per_epoch, n_steps)
     state = create_train_state(model, tx, jax.random.key(cfg.seed), image_shape, mesh,
                                init_variables=init_variables)
+    objectives = [c.objective for c in cfgs]
+    union = fused.union_objective(objectives)
 
     teacher_model = teacher_vars = None
     t_mean = t_std = None
-    if cfg.objective.needs_teacher:
+    if union.needs_teacher:
         if teacher is None:
             raise ValueError("the objective matches a teacher, but no teacher was given")
         teacher_model = teacher.model
@@ -179,83 +253,126 @@ def train_and_evaluate(
             raise ValueError(f"teacher expects inputs {tuple(teacher.meta.input_size)}, "
                              f"the data has {image_shape}")
 
-    step_fn = make_train_step(model, cfg.objective, mean=mean, std=std, augment=cfg.augment,
-                              teacher_model=teacher_model, teacher_mean=t_mean, teacher_std=t_std)
+    kw = dict(mean=mean, std=std, augment=cfg.augment, teacher_model=teacher_model,
+              teacher_mean=t_mean, teacher_std=t_std)
     rep = parallel.replicated(mesh)
-    train_step = jax.jit(step_fn, donate_argnums=0, out_shardings=(rep, rep))
-
     data_meta = {"num_examples": len(train), "batch_size": bs, "seed": cfg.seed,
                  "total_steps": n_steps}
-    ckpt = TrainCheckpointer(workdir / "checkpoints", max_to_keep=2)
+    ckpts = [TrainCheckpointer(w / "checkpoints", max_to_keep=2) for w in workdirs]
     start, resumed_from = 0, None
-    if ckpt.latest_step() is not None:
-        state, meta = ckpt.restore(state)
-        stored = {k: meta.get(k) for k in data_meta}
-        if stored != data_meta:
-            raise ValueError(f"checkpoint in {workdir} was written for {stored}, this run is "
-                             f"{data_meta}; use another workdir or delete it")
-        start = resumed_from = int(jax.device_get(state.step))
+    if ckpts[0].latest_step() is not None:
+        states = []
+        for w, ckpt in zip(workdirs, ckpts, strict=True):
+            restored, meta = ckpt.restore(state)
+            stored = {k: meta.get(k) for k in data_meta}
+            if stored != data_meta:
+                raise ValueError(f"checkpoint in {w} was written for {stored}, this run is "
+                                 f"{data_meta}; use another workdir or delete it")
+            states.append(restored)
+        start = resumed_from = int(jax.device_get(states[0].step))
+    else:
+        states = [state] * len(cfgs)
+
+    if fusion_mode is None:
+        step_fn = make_train_step(model, cfg.objective, **kw)
+        state = states[0]
+        run_state = lambda st, r: st  # noqa: E731
+        split = lambda m: [m]  # noqa: E731
+    else:
+        step_fn = fused.make_fused_train_step(model, objectives, mode=fusion_mode, **kw)
+        state = jax.device_put(fused.stack_states(states), rep)
+        run_state = fused.unstack_state
+        split = lambda m: [{k: v[r] for k, v in m.items()} for r in range(len(cfgs))]  # noqa: E731
+    train_step = jax.jit(step_fn, donate_argnums=0, out_shardings=(rep, rep))
+    # Each run reports (and checks) its own terms; fused runs compute the union.
+    keep = [set(_active_terms(o)) | {"loss", "accuracy", "agreement"} for o in objectives]
+
+    def per_run(metrics) -> list[dict[str, float]]:
+        return [{k: float(v) for k, v in m.items() if k in kp} for m, kp in zip(
+            split(jax.device_get(metrics)), keep, strict=True)]
+
+    def check(runs_metrics, step):
+        for m, d in zip(runs_metrics, descs, strict=True):
+            try:
+                _check_finite(m, step)
+            except NonFiniteLossError as e:
+                raise NonFiniteLossError(f"{d}: {e}" if len(cfgs) > 1 and d else str(e)) from e
 
     t0 = time.time()
-    history_file = (workdir / "metrics.jsonl").open("a")
-    bar = tqdm(total=n_steps, initial=start, desc=desc or "train", leave=False,
+    history = [(w / "metrics.jsonl").open("a") for w in workdirs]
+    label = descs[0] if len(cfgs) == 1 else f"{len(cfgs)} fused runs: {', '.join(descs)}"
+    bar = tqdm(total=n_steps, initial=start, desc=label or "train", leave=False,
                dynamic_ncols=True, disable=not cfg.progress)
-    window: list[dict] = []
-    last: dict[str, float] = {}  # metrics of the final step (what result.json reports)
+    window: list[list[dict]] = []
+    last: list[dict[str, float]] = [{} for _ in cfgs]  # metrics of the final step
     pending = None  # (step, device metrics) of the previous step
+
+    def fetch_pending():
+        nonlocal pending
+        if pending is not None:
+            host = per_run(pending[1])
+            check(host, pending[0])
+            window.append(host)
+            pending = None
+
     try:
         for step in range(start, n_steps):
             batch = make_batch(train, stream.indices(step), mesh)
             state, metrics = train_step(state, batch, teacher_vars)
-            if pending is not None:
-                host = {k: float(v) for k, v in jax.device_get(pending[1]).items()}
-                _check_finite(host, pending[0])
-                window.append(host)
+            fetch_pending()
             pending = (step, metrics)
             done = step + 1
             if done % cfg.log_every == 0 or done == n_steps:
-                host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                _check_finite(host, step)
-                window.append(host)
-                pending = None
-                last = host
-                means = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+                fetch_pending()
+                last = window[-1]
+                for r, f in enumerate(history):
+                    rows = [w[r] for w in window]
+                    means = {k: float(np.mean([m[k] for m in rows])) for k in rows[0]}
+                    f.write(json.dumps({"step": done, "epoch": stream.epoch(done), **means})
+                            + "\n")
+                    f.flush()
+                    if r == 0:
+                        bar.set_postfix({k: f"{v:.3g}" for k, v in means.items()},
+                                        refresh=False)
                 window = []
-                history_file.write(json.dumps({"step": done, "epoch": stream.epoch(done),
-                                               **means}) + "\n")
-                history_file.flush()
-                bar.set_postfix({k: f"{v:.3g}" for k, v in means.items()}, refresh=False)
             bar.update(1)
             if done % cfg.checkpoint_every == 0 and done < n_steps:
-                if pending is not None:  # never checkpoint a state whose loss is unchecked
-                    host = {k: float(v) for k, v in jax.device_get(pending[1]).items()}
-                    _check_finite(host, pending[0])
-                    window.append(host)
-                    pending = None
-                ckpt.save(done, state, data_meta)
-        if pending is not None:
-            _check_finite({k: float(v) for k, v in jax.device_get(pending[1]).items()},
-                          pending[0])
-        ckpt.save(n_steps, state, data_meta, force=True)
-        ckpt.wait()
+                fetch_pending()  # never checkpoint a state whose loss is unchecked
+                for r, ckpt in enumerate(ckpts):
+                    ckpt.save(done, run_state(state, r), data_meta)
+        fetch_pending()
+        for r, ckpt in enumerate(ckpts):
+            ckpt.save(n_steps, run_state(state, r), data_meta, force=True)
+        for ckpt in ckpts:
+            ckpt.wait()
     except BaseException:
-        ckpt.close()  # finish pending async saves before the error propagates
+        for ckpt in ckpts:
+            ckpt.close()  # finish pending async saves before the error propagates
         raise
     finally:
-        history_file.close()
+        for f in history:
+            f.close()
         bar.close()
 
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
     eval_fn = jax.jit(make_eval_step(model, mean=mean, std=std))
-    accuracy = {name: evaluate(eval_fn, variables, split, mesh, cfg.eval_batch_size)
-                for name, split in eval_splits.items()}
-    result = RunResult(accuracy=accuracy, final_metrics=last, steps=n_steps,
-                       wall_time=time.time() - t0, resumed_from=resumed_from)
-    ckpt.close()
-    tmp = result_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result.to_json(), indent=1))
-    tmp.replace(result_path)
-    return result
+    results = []
+    for r, (w, ckpt) in enumerate(zip(workdirs, ckpts, strict=True)):
+        st = run_state(state, r)
+        variables = {"params": st.params, "batch_stats": st.batch_stats}
+        accuracy = {name: evaluate(eval_fn, variables, sp, mesh, cfg.eval_batch_size)
+                    for name, sp in eval_splits.items()}
+        result = RunResult(accuracy=accuracy, final_metrics=last[r], steps=n_steps,
+                           wall_time=time.time() - t0, resumed_from=resumed_from)
+        ckpt.close()
+        tmp = (w / RESULT_FILE).with_suffix(".tmp")
+        tmp.write_text(json.dumps(result.to_json(), indent=1))
+        tmp.replace(w / RESULT_FILE)
+        results.append(result)
+    return results
+
+
+def _active_terms(objective: Objective) -> list[str]:
+    return [t for t in TERMS if getattr(objective, t) > 0]
 
 
 def final_variables(workdir, cfg: TrainConfig, num_classes: int, image_shape, mesh=None):
@@ -270,4 +387,4 @@ def final_variables(workdir, cfg: TrainConfig, num_classes: int, image_shape, me
 
 
 __all__ = ["NonFiniteLossError", "RunResult", "TrainConfig", "TrainState", "evaluate",
-           "final_variables", "total_steps", "train_and_evaluate"]
+           "final_variables", "total_steps", "train_and_evaluate", "train_and_evaluate_fused"]

@@ -139,6 +139,7 @@ def compose_losses(
     x: jax.Array,
     labels: jax.Array,
     key: jax.Array,
+    weights=None,
 ):
     """Evaluates every weighted term of ``objective`` on one batch.
 
@@ -153,6 +154,9 @@ def compose_losses(
       x: ``(B, H, W, C)`` normalised inputs (the variable all Jacobians are taken in).
       labels: ``(B,)`` integer labels of the target head.
       key: PRNG key for random estimators.
+      weights: optional ``{term: scalar}`` replacing the objective's weights in the total
+        (may be traced, e.g. one row of a weight matrix under ``jax.vmap`` over runs);
+        which terms are *computed* is still decided by ``objective``.
     Returns:
       ``(total, (terms, stats, aux))``: ``total`` scalar; ``terms`` dict of the batch-mean
       of every *active* term (unweighted); ``stats`` accuracy and, with a teacher,
@@ -273,7 +277,8 @@ def compose_losses(
         terms["att_jac"] = losses.match_jacobians(s_g, t_g, normalize=True)
 
     terms = {k: jnp.mean(v) for k, v in terms.items()}
-    total = sum(getattr(o, k) * v for k, v in terms.items())
+    w = {t: getattr(o, t) for t in TERMS} if weights is None else weights
+    total = sum(w[k] * v for k, v in terms.items())
     stats = {"accuracy": jnp.mean(jnp.argmax(target_logits, -1) == labels)}
     if t_logits is not None:
         stats["agreement"] = jnp.mean(jnp.argmax(match_logits, -1) == jnp.argmax(t_logits, -1))

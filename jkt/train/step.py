@@ -46,40 +46,70 @@ def make_train_step(
     """
     if objective.needs_teacher and teacher_model is None:
         raise ValueError("the objective matches a teacher, but no teacher model was given")
+    to_input = input_pipeline(mean, std, augment)
     to_teacher = _renormalizer(mean, std, teacher_mean, teacher_std)
-    s_taps, t_taps = objective.student_taps, objective.teacher_taps
 
     def train_step(state: TrainState, batch, teacher_variables):
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         k_aug, k_drop, k_est = jax.random.split(key, 3)
-        images = batch["image"]
-        if augment:
-            images = transforms.augment(k_aug, images)
-        x = transforms.normalize(images, mean, std)
-
-        teacher_fn = None
-        if teacher_model is not None:
-            frozen = jax.lax.stop_gradient(teacher_variables)
-
-            def teacher_fn(z):
-                logits, feats = teacher_model.apply(frozen, to_teacher(z), train=False,
-                                                    return_features=True)
-                return logits, {k: feats[k] for k in t_taps}
-
-        def loss_fn(params):
-            def student_fn(z):
-                (out, feats), updates = model.apply(
-                    {"params": params, "batch_stats": state.batch_stats}, z, train=True,
-                    return_features=True, mutable=["batch_stats"], rngs={"dropout": k_drop})
-                return (out, {k: feats[k] for k in s_taps}), updates["batch_stats"]
-
-            return compose_losses(objective, student_fn, teacher_fn, x, batch["label"], k_est)
-
-        (total, (terms, stats, batch_stats)), grads = jax.value_and_grad(
-            loss_fn, has_aux=True)(state.params)
-        return state.apply_gradients(grads, batch_stats), {"loss": total, **terms, **stats}
+        x = to_input(k_aug, batch["image"])
+        teacher_fn = frozen_teacher(teacher_model, teacher_variables, to_teacher,
+                                    objective.teacher_taps)
+        return update(model, objective, state, x, batch["label"], teacher_fn, k_drop, k_est)
 
     return train_step
+
+
+def input_pipeline(mean: Sequence[float], std: Sequence[float], augment: bool) -> Callable:
+    """``(key, uint8 images (B, H, W, C)) -> normalised float32 inputs``: pad-4 crop + flip
+    (if ``augment``), then ``(x/255 - mean) / std``."""
+
+    def to_input(key, images):
+        if augment:
+            images = transforms.augment(key, images)
+        return transforms.normalize(images, mean, std)
+
+    return to_input
+
+
+def frozen_teacher(teacher_model, teacher_variables, to_teacher: Callable,
+                   taps: Sequence[str]) -> Callable | None:
+    """``x -> (logits, {tap: features})`` of the teacher in inference mode, its variables
+    behind ``stop_gradient``; ``None`` without a teacher model."""
+    if teacher_model is None:
+        return None
+    frozen = jax.lax.stop_gradient(teacher_variables)
+
+    def teacher_fn(z):
+        logits, feats = teacher_model.apply(frozen, to_teacher(z), train=False,
+                                            return_features=True)
+        return logits, {k: feats[k] for k in taps}
+
+    return teacher_fn
+
+
+def update(model, objective: Objective, state: TrainState, x, labels, teacher_fn, k_drop,
+           k_est, weights=None) -> tuple[TrainState, dict]:
+    """One optimiser update of ``state`` on the normalised batch ``x`` (B, H, W, C).
+
+    ``weights`` optionally overrides the objective's term weights (see
+    :func:`jkt.train.objective.compose_losses`). Returns ``(new state, metrics)``.
+    """
+    s_taps = objective.student_taps
+
+    def loss_fn(params):
+        def student_fn(z):
+            (out, feats), updates = model.apply(
+                {"params": params, "batch_stats": state.batch_stats}, z, train=True,
+                return_features=True, mutable=["batch_stats"], rngs={"dropout": k_drop})
+            return (out, {k: feats[k] for k in s_taps}), updates["batch_stats"]
+
+        return compose_losses(objective, student_fn, teacher_fn, x, labels, k_est,
+                              weights=weights)
+
+    (total, (terms, stats, batch_stats)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params)
+    return state.apply_gradients(grads, batch_stats), {"loss": total, **terms, **stats}
 
 
 def make_eval_step(model, *, mean: Sequence[float], std: Sequence[float],
