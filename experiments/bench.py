@@ -48,6 +48,7 @@ from jkt import models, parallel  # noqa: E402
 from jkt.data.batches import make_batch  # noqa: E402
 from jkt.data.types import Split  # noqa: E402
 from jkt.train import CIFAR_RECIPE, Objective, make_optimizer, method_objective  # noqa: E402
+from jkt.train.fused import make_fused_train_step, stack_states, union_objective  # noqa: E402
 from jkt.train.state import create_train_state  # noqa: E402
 from jkt.train.step import make_train_step  # noqa: E402
 
@@ -59,20 +60,42 @@ ATT_JAC_PAIR = ("pool2", "pool2")
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-    """One benchmarked train step: a student architecture and an objective."""
+    """One benchmarked train step: a student architecture and an objective, or (``fused``
+    non-empty) several objectives trained as fused runs in one step (``jkt.train.fused``;
+    ``objective`` is then their union)."""
 
     name: str
     label: str
     student: str
     objective: Objective
+    fused: tuple[Objective, ...] = ()
+    fusion_mode: str = "unroll"
+    members: tuple[str, ...] = ()  # Table-1 method names of the fused objectives
 
     @property
     def teacher(self) -> str | None:
         return "vgg9" if self.objective.needs_teacher else None
 
+    @property
+    def runs(self) -> int:
+        return max(1, len(self.fused))
+
 
 def _jac(estimator: str, normalize: bool = False) -> Objective:
     return method_objective("ce+act+jac", estimator=estimator, normalize=normalize)
+
+
+def _fused(name: str, methods: tuple[str, ...], mode: str) -> Method:
+    objectives = tuple(method_objective(m) for m in methods)
+    return Method(name, f"fused ({mode}): {' | '.join(methods)}", "vgg4",
+                  union_objective(objectives), objectives, mode, methods)
+
+
+# The fusion groups of Table 1 (``jkt.train.fusion_groups``): what ``experiments.distill``
+# trains in one step per (n, seed) cell by default.
+FUSED_ACT = ("ce+act", "act")
+FUSED_JAC = ("ce+jac", "ce+act+jac", "act+jac")
+TABLE1_ALL = ("ce", "ce+act", "ce+jac", "ce+act+jac", "act", "act+jac")  # --fusion-groups all
 
 
 METHODS: dict[str, Method] = {m.name: m for m in [
@@ -88,6 +111,11 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("vgg9:ce", "VGG-9 CE (teacher's step)", "vgg9", method_objective("ce")),
     Method("vgg9:ce+jac_norm", "VGG-9 CE + Jacobian norm", "vgg9",
            Objective(ce=1, jac_norm=1)),
+    _fused("fused:act-group", FUSED_ACT, "unroll"),
+    _fused("fused:jac-group", FUSED_JAC, "unroll"),
+    _fused("fused-vmap:act-group", FUSED_ACT, "vmap"),
+    _fused("fused-vmap:jac-group", FUSED_JAC, "vmap"),
+    _fused("fused-vmap:table1", TABLE1_ALL, "vmap"),
 ]}
 
 # Table-1 method -> the benchmarked step that costs the same (act-only drops the CE head's
@@ -96,6 +124,14 @@ TABLE1_PROXY = {"ce": "ce", "ce+act": "ce+act", "ce+jac": "ce+act+jac:label",
                 "ce+act+jac": "ce+act+jac:label", "act": "ce+act",
                 "act+jac": "ce+act+jac:label"}
 TEACHER_PROXY = "vgg9:ce"
+# Table 1 under each fusion layout of ``experiments.distill``: the steps one (n, seed) cell
+# takes per training step. "jkt-fused" is distill's default (--fusion unroll).
+FUSED_LAYOUTS = {
+    "jkt-fused": ("ce", "fused:act-group", "fused:jac-group"),
+    "jkt-fused-vmap": ("ce", "fused-vmap:act-group", "fused-vmap:jac-group"),
+    "jkt-fused-all-vmap": ("fused-vmap:table1",),
+}
+TABLE1_FUSED = FUSED_LAYOUTS["jkt-fused"]
 
 
 # ----------------------------------------------------------------------------------------
@@ -191,8 +227,16 @@ class JaxBench:
         teacher_model = teacher_vars = None
         if method.teacher:
             teacher_model, teacher_vars, _ = self.teacher()
-        step_fn = make_train_step(model, method.objective, mean=CIFAR100_MEAN, std=CIFAR100_STD,
-                                  augment=True, teacher_model=teacher_model)
+        if method.fused:  # as train_and_evaluate_fused builds it
+            state = jax.device_put(stack_states([state] * method.runs), self.rep)
+            step_fn = make_fused_train_step(model, method.fused, mean=CIFAR100_MEAN,
+                                            std=CIFAR100_STD, augment=True,
+                                            teacher_model=teacher_model,
+                                            mode=method.fusion_mode)
+        else:
+            step_fn = make_train_step(model, method.objective, mean=CIFAR100_MEAN,
+                                      std=CIFAR100_STD, augment=True,
+                                      teacher_model=teacher_model)
         jitted = jax.jit(step_fn, donate_argnums=0, out_shardings=(self.rep, self.rep))
 
         t0 = time.perf_counter()
@@ -207,8 +251,10 @@ class JaxBench:
             jax.block_until_ready((state, metrics))
 
         times = _timed_loop(step, setting)
-        result = _summary(times, compile_s, setting.batch_size)
-        result["final_loss"] = float(metrics["loss"])
+        result = _summary(times, compile_s, setting.batch_size * method.runs)
+        result["runs"] = method.runs
+        result["ms_per_run_step"] = result["median_ms"] / method.runs
+        result["final_loss"] = float(jnp.max(metrics["loss"]))
         mem = compiled.memory_analysis()
         result["xla_bytes"] = (None if mem is None else int(
             mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
@@ -233,6 +279,10 @@ def run_torch(tr, method: Method, bench: JaxBench, init_vars: dict) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes; autotuning ends in warm-up
+        # The issue's reference is fp32 "with TF32 allowed", as XLA allows it for JAX's
+        # default precision on GPUs; torch allows it for cuDNN only by default.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
         torch.cuda.reset_peak_memory_stats()
     k, w = setting.num_classes, setting.width_multiplier
     student = tr.load_flax_variables(tr.create(method.student, k, w), init_vars).to(device)
@@ -268,20 +318,28 @@ def run_torch(tr, method: Method, bench: JaxBench, init_vars: dict) -> dict:
 # Projection and reports
 
 
-def project_table1(results: dict[str, dict], backend: str = "jkt") -> dict | None:
-    """GPU-minutes of one seed of the whole Table 1 grid at the measured step speeds."""
-    needed = set(TABLE1_PROXY.values()) | {TEACHER_PROXY}
+def project_table1(results: dict[str, dict], backend: str = "jkt",
+                   layout: str | None = None) -> dict | None:
+    """GPU-minutes of one seed of the whole Table 1 grid at the measured step speeds:
+    each of the 6 methods separately (``layout=None``, what ``--fusion off`` runs), or
+    the steps of one of ``FUSED_LAYOUTS`` per cell (e.g. ``"jkt-fused"``: one CE step,
+    one fused act-group step and one fused Jacobian-group step, distill's default)."""
+    fused = layout is not None
+    proxies = ({f"[{m}]": m for m in FUSED_LAYOUTS[layout]} if fused
+               else dict(TABLE1_PROXY))
+    needed = set(proxies.values()) | {TEACHER_PROXY}
     have = {name: r[backend]["median_ms"] for name, r in results.items()
             if r.get(backend) is not None}
     missing = sorted(needed - set(have))
     if missing:
         return {"minutes": None, "missing": missing}
     student_steps, teacher_steps = configs.table1_student_steps(), configs.teacher_steps()
-    per_method = {m: student_steps * have[p] / 6e4 for m, p in TABLE1_PROXY.items()}
+    per_method = {m: student_steps * have[p] / 6e4 for m, p in proxies.items()}
     teacher_min = teacher_steps * have[TEACHER_PROXY] / 6e4
     return {"minutes": sum(per_method.values()) + teacher_min, "per_method_minutes": per_method,
             "teacher_minutes": teacher_min, "student_steps_per_method": student_steps,
-            "teacher_steps": teacher_steps, "proxies": dict(TABLE1_PROXY), "missing": []}
+            "teacher_steps": teacher_steps, "proxies": proxies, "missing": [],
+            "fused": fused}
 
 
 def _fmt(x, spec=".1f"):
@@ -305,29 +363,87 @@ def markdown(report: dict) -> str:
         f"torch: {env.get('torch_device', 'not run')}. Median of up to {st['steps']} timed "
         f"steps after {st['warmup']} warm-up step(s); compile = lower + compile + first step "
         "(torch: first step). Peak memory: device peak so far in the process (running max; "
-        "n/a on CPU); XLA = the compiled step's argument + output + temp bytes.",
+        "n/a on CPU); XLA = the compiled step's argument + output + temp bytes. `fused` rows "
+        "train `runs` students in one step (`jkt.train.fused`, shared batch and teacher "
+        "passes); their img/s counts images x runs; torch has no fused counterpart.",
         "",
-        "| method | jkt ms/step | jkt img/s | compile s | peak mem | XLA mem | torch ms/step "
-        "| torch img/s | jkt/torch |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| method | runs | jkt ms/step | jkt ms/run-step | jkt img/s | compile s | peak mem "
+        "| XLA mem | torch ms/step | torch img/s | jkt/torch |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in report["methods"].items():
         j, t = r["jkt"], r.get("torch")
         ratio = r.get("ratio")
         lines.append(
-            f"| `{name}` | {j['median_ms']:.2f} | {j['images_per_s']:.0f} | "
+            f"| `{name}` | {j.get('runs', 1)} | {j['median_ms']:.2f} | "
+            f"{j.get('ms_per_run_step', j['median_ms']):.2f} | {j['images_per_s']:.0f} | "
             f"{j['compile_s']:.1f} | {_mib(j['peak_bytes'])} | {_mib(j['xla_bytes'])} | "
             f"{_fmt(t and t['median_ms'], '.2f')} | {_fmt(t and t['images_per_s'], '.0f')} | "
             f"{_fmt(ratio, '.2f')} |")
     lines.append("")
     lines.append(projection_line(report))
+    lines += ["", *fusion_lines(report), "", *goal_lines(report)]
     return "\n".join(lines) + "\n"
+
+
+def fusion_lines(report: dict) -> list[str]:
+    """Fused step vs the separate steps of its member methods (Table-1 proxies)."""
+    res = report["methods"]
+    out = []
+    for name, r in res.items():
+        members = r.get("members")
+        if not members:
+            continue
+        proxies = [TABLE1_PROXY[m] for m in members]
+        parts = []
+        for side in ("jkt", "torch"):
+            if all(res.get(p, {}).get(side) for p in proxies):
+                total = sum(res[p][side]["median_ms"] for p in proxies)
+                parts.append(f"separate {side} steps {total:.2f} ms -> "
+                             f"{total / r['jkt']['median_ms']:.2f}x")
+        if parts:
+            out.append(f"- `{name}` ({r['jkt']['median_ms']:.2f} ms for {len(members)} runs) vs "
+                       + "; ".join(parts) + f" (members timed as {', '.join(proxies)})")
+    return (["Fusion (one step for several runs of a Table-1 cell):", *out] if out else [])
+
+
+GOALS = (  # (description, numerator method, denominator method, side pair, bound)
+    ("Jacobian step / activation step <= 1.8", "ce+act+jac:label", "ce+act", ("jkt", "jkt"),
+     1.8),
+    ("Jacobian step: jkt / eager torch <= 1/3", "ce+act+jac:label", "ce+act+jac:label",
+     ("jkt", "torch"), 1 / 3),
+    ("Jacobian-norm step: jkt / eager torch <= 1/3", "vgg9:ce+jac_norm", "vgg9:ce+jac_norm",
+     ("jkt", "torch"), 1 / 3),
+    ("full Jacobian: jkt / eager torch <= 1/4", "ce+act+jac:full", "ce+act+jac:full",
+     ("jkt", "torch"), 1 / 4),
+)
+
+
+def goal_lines(report: dict) -> list[str]:
+    """The issue's goals as measured ratios (met / missed / n/a)."""
+    res = report["methods"]
+    small = report["setting"]["small"]
+    out = ["Goals (issue 7)" + (": SMALL CPU MODE, not the goal setting" if small else ":")]
+    for desc, num, den, (sn, sd), bound in GOALS:
+        a = (res.get(num) or {}).get(sn)
+        b = (res.get(den) or {}).get(sd)
+        if not a or not b:
+            out.append(f"- {desc}: n/a")
+            continue
+        ratio = a["median_ms"] / b["median_ms"]
+        out.append(f"- {desc}: {ratio:.2f} ({'met' if ratio <= bound else 'missed'})")
+    best = sorted((p["minutes"], k) for k, p in report["projection"].items()
+                  if k.startswith("jkt") and p and p["minutes"] is not None)
+    out.append("- Table 1 <= 45 min per seed: " + (
+        f"{best[0][0]:.0f} min with `{best[0][1]}` "
+        f"({'met' if best[0][0] <= 45 else 'missed'})" if best else "n/a"))
+    return out
 
 
 def projection_line(report: dict) -> str:
     st = report["setting"]
     out = []
-    for backend in ("jkt", "torch"):
+    for backend in ("jkt", *FUSED_LAYOUTS, "torch"):
         p = report["projection"].get(backend)
         if p is None:
             continue
@@ -335,11 +451,13 @@ def projection_line(report: dict) -> str:
             out.append(f"projected Table 1 wall time ({backend}): n/a (needs methods "
                        f"{', '.join(p['missing'])})")
             continue
+        what = ("per cell: " + " + ".join(p["proxies"].values()) + " steps"
+                if p.get("fused") else "6 methods")
         label = (f" [SMALL CPU MODE: batch {st['batch_size']}, width x{st['width_multiplier']},"
                  f" {st['num_classes']} classes; a number from the small mode, not a GPU "
                  "estimate]" if st["small"] else "")
         out.append(f"projected Table 1 wall time at this speed ({backend}): "
-                   f"{p['minutes']:.0f} min per seed ({p['minutes'] / 60:.1f} h: 6 methods x "
+                   f"{p['minutes']:.0f} min per seed ({p['minutes'] / 60:.1f} h: {what} x "
                    f"{p['student_steps_per_method']:,} steps + teacher {p['teacher_steps']:,} "
                    f"steps){label}")
     return "\n".join(out)
@@ -349,7 +467,7 @@ def projection_line(report: dict) -> str:
 # Command line
 
 
-def parse_args(argv=None) -> tuple[argparse.Namespace, configs.BenchSetting]:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Train-step speed of jkt vs eager PyTorch.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__)
@@ -377,6 +495,11 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, configs.BenchSetting]:
                         "collapses on an oversubscribed machine; 1 is stable there)")
     p.add_argument("--out", default=None, help="directory for bench.md and bench.json")
     p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def parse_args(argv=None) -> tuple[argparse.Namespace, configs.BenchSetting]:
+    p = build_parser()
     args = p.parse_args(argv)
     small = args.small or (not args.reference and jax.default_backend() == "cpu")
     base = configs.small() if small else configs.reference()
@@ -400,8 +523,9 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, configs.BenchSetting]:
 
 
 def run(setting: configs.BenchSetting, method_names, *, mesh=None, use_torch: bool = True,
-        seed: int = 0, torch_threads: int | None = None, log=print) -> dict:
-    """Benchmarks ``method_names``; returns the report (the JSON written by ``main``)."""
+        seed: int = 0, torch_threads: int | None = None, log=print, on_method=None) -> dict:
+    """Benchmarks ``method_names``; returns the report (the JSON written by ``main``).
+    ``on_method(partial_report)`` is called after each method (e.g. to save progress)."""
     mesh = parallel.make_mesh() if mesh is None else mesh
     tr = None
     torch_note = "disabled (--no-torch)"
@@ -416,7 +540,8 @@ def run(setting: configs.BenchSetting, method_names, *, mesh=None, use_torch: bo
     bench = JaxBench(setting, mesh, seed)
     env = {"jax": jax.__version__, "backend": jax.default_backend(),
            "jax_devices": parallel.process_count_str(mesh),
-           "device_kind": mesh.devices.flat[0].device_kind, "python": platform.python_version()}
+           "device_kind": mesh.devices.flat[0].device_kind, "python": platform.python_version(),
+           "jax_default_matmul_precision": str(jax.config.jax_default_matmul_precision)}
     if tr is not None:
         import torch
         env["torch"] = torch.__version__
@@ -428,15 +553,26 @@ def run(setting: configs.BenchSetting, method_names, *, mesh=None, use_torch: bo
     for name in method_names:
         method = METHODS[name]
         j, init_vars = bench.run(method)
-        t = run_torch(tr, method, bench, init_vars) if tr is not None else None
+        t = (run_torch(tr, method, bench, init_vars) if tr is not None and not method.fused
+             else None)
         ratio = j["median_ms"] / t["median_ms"] if t is not None else None
         results[name] = {"label": method.label, "student": method.student,
+                         "members": list(method.members),
                          "teacher": method.teacher, "objective": repr(method.objective),
                          "jkt": j, "torch": t, "ratio": ratio}
-        log(f"{name:>24}: jkt {j['median_ms']:8.2f} ms/step (compile {j['compile_s']:.1f} s)"
+        log(f"{name:>24}: jkt {j['median_ms']:8.2f} ms/step"
+            + (f" ({j['ms_per_run_step']:.2f} per run)" if method.fused else "")
+            + f" (compile {j['compile_s']:.1f} s)"
             + (f", torch {t['median_ms']:8.2f} ms/step, jkt/torch {ratio:.2f}" if t else ""))
-    projection = {"jkt": project_table1(results, "jkt")}
-    if tr is not None:
+        if on_method is not None:
+            on_method(_report(setting, env, results, tr is not None))
+    return _report(setting, env, results, tr is not None)
+
+
+def _report(setting, env, results, with_torch: bool) -> dict:
+    projection = {"jkt": project_table1(results, "jkt"),
+                  **{k: project_table1(results, "jkt", layout=k) for k in FUSED_LAYOUTS}}
+    if with_torch:
         projection["torch"] = project_table1(results, "torch")
     return {"setting": dataclasses.asdict(setting), "environment": env, "methods": results,
             "projection": projection}
@@ -449,17 +585,23 @@ def main(argv=None) -> dict:
         if not 0 < args.devices <= len(devices):
             raise SystemExit(f"error: --devices must be in [1, {len(devices)}]")
         devices = devices[:args.devices]
+    out = Path(args.out) if args.out else None
+
+    def save_partial(partial):  # a killed run still leaves what it measured
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "bench.partial.json").write_text(json.dumps(partial, indent=1))
+
     report = run(setting, args.method_names, mesh=parallel.make_mesh(devices),
                  use_torch=not args.no_torch, seed=args.seed,
-                 torch_threads=args.torch_threads)
+                 torch_threads=args.torch_threads, on_method=save_partial if out else None)
     md = markdown(report)
     print()
     print(md)
-    if args.out:
-        out = Path(args.out)
+    if out:
         out.mkdir(parents=True, exist_ok=True)
         (out / "bench.md").write_text(md)
         (out / "bench.json").write_text(json.dumps(report, indent=1))
+        (out / "bench.partial.json").unlink(missing_ok=True)
         print(f"wrote {out / 'bench.md'}, {out / 'bench.json'}")
     for r in report["methods"].values():
         for side in ("jkt", "torch"):

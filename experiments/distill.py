@@ -64,6 +64,11 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, DistillPreset]:
     p.add_argument("--fusion", default=None, choices=("unroll", "vmap", "off"),
                    help="train the methods of one (n, seed) cell that need the same passes in "
                         "one jitted step (default: preset, unroll) or each on its own (off)")
+    p.add_argument("--fusion-groups", default=None, choices=("passes", "all"),
+                   help="which methods of a cell are fused: those needing the same passes "
+                        "(default) or all of them in one step")
+    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
+                   help="compute dtype of the student steps (teacher trained in float32)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
 
@@ -87,7 +92,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, DistillPreset]:
     for flag, field in (("estimator", "estimator"), ("normalize", "normalize"),
                         ("student", "student"), ("max_steps", "max_steps"),
                         ("teacher_max_steps", "teacher_max_steps"),
-                        ("checkpoint_every", "checkpoint_every"), ("fusion", "fusion")):
+                        ("checkpoint_every", "checkpoint_every"), ("fusion", "fusion"),
+                        ("dtype", "dtype"), ("fusion_groups", "fusion_groups")):
         if getattr(args, flag) is not None:
             changes[field] = getattr(args, flag)
     if args.width_multiplier is not None:
@@ -127,10 +133,16 @@ def run_grid(preset: DistillPreset, workdir: Path, *, teacher_dir: str | None = 
                                 model_options=preset.teacher_options, optim=preset.teacher_optim,
                                 max_steps=preset.teacher_max_steps, progress=progress, mesh=mesh)
     t_acc = teacher.meta.extra.get("test_accuracy")
+    student_options = dict(preset.student_options)
+    if preset.dtype != "float32":  # only the compute dtype changes; weights stay float32
+        teacher = dataclasses.replace(teacher, model=teacher.meta.create_model(dtype=preset.dtype))
+        student_options["dtype"] = preset.dtype
     objectives = {m: method_objective(m, estimator=preset.estimator, normalize=preset.normalize)
                   for m in preset.methods}
     if preset.fusion == "off":
         groups = [[m] for m in preset.methods]
+    elif preset.fusion_groups == "all":
+        groups = [list(preset.methods)]
     else:
         groups = [[preset.methods[i] for i in g]
                   for g in fusion_groups([objectives[m] for m in preset.methods])]
@@ -144,7 +156,7 @@ def run_grid(preset: DistillPreset, workdir: Path, *, teacher_dir: str | None = 
                     names = [f"{m}/n{n}_seed{seed}" for m in group]
                     bar.set_description(f"grid [{', '.join(names)}]")
                     cfgs = [TrainConfig(
-                        model=preset.student, model_options=dict(preset.student_options),
+                        model=preset.student, model_options=dict(student_options),
                         objective=objectives[m], optim=preset.optim, seed=seed,
                         max_steps=preset.max_steps, checkpoint_every=preset.checkpoint_every,
                         progress=progress) for m in group]

@@ -38,6 +38,35 @@ def test_projection_from_fake_speeds():
     assert bench.project_table1(results, "jkt")["missing"] == ["vgg9:ce"]
 
 
+def test_fused_projection_and_members():
+    names = set(bench.TABLE1_FUSED) | {bench.TEACHER_PROXY}
+    results = {n: {"jkt": {"median_ms": 2.0}, "torch": None} for n in names}
+    p = bench.project_table1(results, "jkt", layout="jkt-fused")
+    assert p["minutes"] == pytest.approx((3 * 261_500 + 195_500) * 2.0 / 6e4)
+    assert bench.project_table1(results, "jkt")["minutes"] is None  # needs the 6 proxies
+    m = bench.METHODS["fused:jac-group"]
+    assert m.runs == 3 and m.members == ("ce+jac", "ce+act+jac", "act+jac")
+    assert all(x in bench.TABLE1_PROXY for x in m.members)
+
+
+def _fake_report(ms: dict[str, tuple[float, float | None]], small=False):
+    methods = {n: {"jkt": {"median_ms": j}, "torch": None if t is None else {"median_ms": t},
+                   "members": []} for n, (j, t) in ms.items()}
+    return {"setting": {"small": small}, "methods": methods,
+            "projection": {"jkt": {"minutes": 50.0}, "jkt-fused": {"minutes": 40.0}}}
+
+
+def test_goal_lines_report_measured_ratios():
+    lines = bench.goal_lines(_fake_report({
+        "ce+act": (2.0, 4.0), "ce+act+jac:label": (3.0, 12.0),
+        "vgg9:ce+jac_norm": (5.0, 10.0)}))
+    assert "- Jacobian step / activation step <= 1.8: 1.50 (met)" in lines
+    assert "- Jacobian step: jkt / eager torch <= 1/3: 0.25 (met)" in lines
+    assert "- Jacobian-norm step: jkt / eager torch <= 1/3: 0.50 (missed)" in lines
+    assert "- full Jacobian: jkt / eager torch <= 1/4: n/a" in lines
+    assert "- Table 1 <= 45 min per seed: 40 min with `jkt-fused` (met)" in lines
+
+
 def test_methods_are_valid():
     assert {"ce", "ce+act", "ce+act+jac:full", "vgg9:ce+jac_norm"} <= set(bench.METHODS)
     for m in bench.METHODS.values():
@@ -52,7 +81,7 @@ def test_bad_method_is_a_usage_error():
 
 
 def test_harness_small_mode(tmp_path, capsys):
-    methods = ["ce", "ce+act"]
+    methods = ["ce", "ce+act", "fused:act-group"]
     report = bench.main(["--methods", ",".join(methods), "--steps", "2", "--warmup", "0",
                          "--batch-size", "8", "--width-multiplier", "0.125", "--devices", "1",
                          "--out", str(tmp_path)])
@@ -61,7 +90,11 @@ def test_harness_small_mode(tmp_path, capsys):
     md = (tmp_path / "bench.md").read_text()
     assert data["setting"]["small"] and data["setting"]["batch_size"] == 8
     assert list(data["methods"]) == methods == list(report["methods"])
-    for name in methods:
+    fused = data["methods"]["fused:act-group"]
+    assert fused["torch"] is None and fused["members"] == ["ce+act", "act"]
+    assert fused["jkt"]["ms_per_run_step"] == pytest.approx(fused["jkt"]["median_ms"] / 2)
+    assert "separate jkt steps" in md  # fused vs its members' separate steps
+    for name in methods[:2]:
         r = data["methods"][name]
         for side in ("jkt", "torch") if HAS_TORCH else ("jkt",):
             res = r[side]
@@ -74,7 +107,7 @@ def test_harness_small_mode(tmp_path, capsys):
         else:
             assert r["torch"] is None and r["ratio"] is None
         assert f"| `{name}` |" in md
-    assert "SMALL CPU MODE" in md and "| method | jkt ms/step" in md
+    assert "SMALL CPU MODE" in md and "| method | runs | jkt ms/step" in md
     assert "projected Table 1 wall time (jkt): n/a" in md  # needs ce+act and vgg9:ce
     assert md.strip() in out
 
@@ -156,3 +189,21 @@ def test_torch_augment_is_a_crop_and_flip():
             out[b], images[b].to(torch.uint8).flip(1))
     padded = tr.augment(images.to(torch.uint8), pad=2)
     assert padded.shape == images.shape and padded.dtype == torch.uint8
+
+
+def test_gpu_script_names_valid_methods_and_flags():
+    """``experiments/gpu_bench.sh`` (the prepared device check) must not rot: every
+    method it names exists and every flag it passes to the benchmark parses."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "experiments" / "gpu_bench.sh").read_text()
+    calls = re.findall(r"python -m experiments\.bench (.*?)2>&1", text, flags=re.S)
+    assert len(calls) == 2
+    for call in calls:
+        tokens = call.replace("\\\n", " ").split()
+        flags = [t for t in tokens if t.startswith("--")]
+        for m in re.findall(r"--methods (\S+)", " ".join(tokens)):
+            assert set(m.split(",")) <= set(bench.METHODS), m
+        known = {s for a in bench.build_parser()._actions for s in a.option_strings}
+        assert set(flags) <= known, set(flags) - known

@@ -187,11 +187,12 @@ def test_teacher_wrong_architecture(tmp_path, vgg4):
         checkpoint.restore_teacher(path, expect_arch="vgg9")
     # Variables that do not fit the declared architecture are refused at save time...
     with pytest.raises(ValueError, match="vgg9"):
-        checkpoint.save_teacher(tmp_path / "bad", variables, _meta(arch="vgg9"))
+        checkpoint.save_teacher(tmp_path / "bad", variables,
+                                _meta(arch="vgg9", input_size=(32, 32, 3)))
     with pytest.raises(ValueError, match="resnet34"):
         checkpoint.save_teacher(tmp_path / "bad", variables, _meta(arch="resnet34"))
     # ... and at restore time, if the artifact's meta was edited to another architecture.
-    _patch_meta(path, arch="vgg9")
+    _patch_meta(path, arch="vgg9", input_size=[32, 32, 3])  # VGG-9 needs >= 32x32
     with pytest.raises(ValueError, match=r"architecture 'vgg9'.*shape mismatches|missing"):
         checkpoint.restore_teacher(path)
 

@@ -110,7 +110,8 @@ def test_end_to_end_writes_all_outputs_and_resumes_after_kill(image_folder, tmp_
 
 
 def test_fused_grid_matches_separate_runs(image_folder, tmp_path):
-    """``--fusion unroll`` (default) and ``vmap`` give the numbers of ``--fusion off``."""
+    """``--fusion unroll`` (default) and ``vmap``, and fusing all methods of a cell in one
+    step, give the numbers of ``--fusion off``."""
     import dataclasses
 
     import jax
@@ -127,15 +128,18 @@ def test_fused_grid_matches_separate_runs(image_folder, tmp_path):
         optim=dataclasses.replace(quick().optim, batch_size=8),
         teacher_optim=dataclasses.replace(quick().teacher_optim, batch_size=8))
     rows = {}
-    for fusion in ("off", "unroll", "vmap"):
+    for fusion in ("off", "unroll", "vmap", "all"):
+        pre = (dataclasses.replace(base, fusion_groups="all", methods=(*base.methods, "ce"))
+               if fusion == "all" else dataclasses.replace(base, fusion=fusion))
         rows[fusion] = distill.run_grid(
-            dataclasses.replace(base, fusion=fusion), tmp_path / fusion, mesh=mesh,
+            pre, tmp_path / fusion, mesh=mesh,
             teacher_dir=None if fusion == "off" else str(tmp_path / "off" / "teacher" /
                                                          "artifact"),
             progress=False, val_fraction=0.2)
-    for fusion in ("unroll", "vmap"):
-        assert [r["fused_runs"] for r in rows[fusion]] == [3, 3, 3]
-        for got, want in zip(rows[fusion], rows["off"], strict=True):
+    assert [r["fused_runs"] for r in rows["all"]] == [4, 4, 4, 4]
+    for fusion in ("unroll", "vmap", "all"):
+        assert [r["fused_runs"] for r in rows[fusion]][:3] in ([3, 3, 3], [4, 4, 4])
+        for got, want in zip(rows[fusion], rows["off"], strict=False):
             assert got["method"] == want["method"]
             assert got["test_accuracy"] == want["test_accuracy"], (fusion, got["method"])
             for k in ("final_loss", "final_jac", "final_act"):

@@ -156,3 +156,10 @@ def test_create_errors():
         models.create("vgg9", 10, small_stem=True)
     with pytest.raises(TypeError, match="bogus"):
         models.create("resnet34", 10, bogus=1)
+
+
+def test_vgg_rejects_inputs_too_small_for_its_pools():
+    """VGG-9 pools five times: a 16x16 input would reach 0x0 and give NaN logits."""
+    model = models.create("vgg9", 10, width_multiplier=0.125)
+    with pytest.raises(ValueError, match="at least 32x32 pixels, got shape \\(1, 16, 16, 3\\)"):
+        model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))

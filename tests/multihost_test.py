@@ -117,6 +117,11 @@ def test_two_process_training_equals_one_device(two_process_run):
                 **worker.flatten(batch_stats, "batch_stats")}
     for i, m in enumerate(metrics):
         expected.update({f"metrics/{i}/{k}": v for k, v in m.items()})
+    # Fused runs (stacked states on global arrays) too; run 0 is the plain run above.
+    for r, p in enumerate(worker.run_fused_steps(mesh)):
+        expected.update(worker.flatten(p, f"fused{r}"))
+        if r == 0:
+            chex.assert_trees_all_close(p, params, rtol=1e-4, atol=1e-6)
     assert set(results[0]) == set(expected)
     assert {"metrics/0/ce", "metrics/0/act", "metrics/0/jac"} <= set(expected)
     chex.assert_trees_all_close(results[0], expected, rtol=1e-5, atol=1e-5)

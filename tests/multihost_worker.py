@@ -96,6 +96,38 @@ def run_steps(mesh):
     return init_params, local_numpy(state.params), local_numpy(state.batch_stats), metrics, rows
 
 
+def run_fused_steps(mesh):
+    """``NUM_STEPS`` fused steps of two runs (ce+act+jac, act+jac) sharing the batches, as
+    ``train_and_evaluate_fused`` builds them (stacking and unstacking global arrays).
+    Returns host copies of each run's final parameters."""
+    import jax
+    import optax
+
+    from jkt import parallel
+    from jkt.data.batches import BatchStream, make_batch
+    from jkt.models import VGG
+    from jkt.train import fused
+    from jkt.train.objective import Objective
+    from jkt.train.state import create_train_state
+
+    split = tiny_split()
+    student = VGG(config=(8, "M"), num_classes=NUM_CLASSES)
+    teacher = VGG(config=(4, "M"), num_classes=NUM_CLASSES)
+    t_vars = jax.jit(teacher.init)(jax.random.key(1), np.zeros((1, *IMAGE_SHAPE), np.float32))
+    rep = parallel.replicated(mesh)
+    t_vars = jax.device_put(t_vars, rep)
+    one = create_train_state(student, optax.adam(1e-2), jax.random.key(0), IMAGE_SHAPE, mesh)
+    states = jax.device_put(fused.stack_states([one, one]), rep)
+    step = fused.make_fused_train_step(
+        student, [Objective(ce=1, act=1, jac=1), Objective(ce=0, act=1, jac=1)], mean=MEAN,
+        std=STD, augment=True, teacher_model=teacher)
+    step = jax.jit(step, donate_argnums=0, out_shardings=(rep, rep))
+    stream = BatchStream(len(split), GLOBAL_BATCH, seed=3)
+    for i in range(NUM_STEPS):
+        states, _ = step(states, make_batch(split, stream.indices(i), mesh), t_vars)
+    return [local_numpy(fused.unstack_state(states, r).params) for r in range(2)]
+
+
 def main(out_dir: str) -> None:
     import jax
 
@@ -113,6 +145,8 @@ def main(out_dir: str) -> None:
               **flatten(batch_stats, "batch_stats")}
     for i, m in enumerate(metrics):
         arrays.update({f"metrics/{i}/{k}": v for k, v in m.items()})
+    for r, p in enumerate(run_fused_steps(mesh)):
+        arrays.update(flatten(p, f"fused{r}"))
     out = Path(out_dir)
     np.savez(out / f"process{me}.npz", **arrays)
     info = {"joined": joined, "process_index": me, "process_count": jax.process_count(),

@@ -29,6 +29,13 @@ class DistillPreset:
         that need the same passes in one jitted step (``jkt.train.fused``: shared
         batches and teacher passes; same numbers as separate runs to float rounding);
         ``"off"`` trains every run on its own.
+      fusion_groups: ``"passes"`` (default) fuses runs that need the same passes
+        (``jkt.train.fusion_groups``: Table 1 -> [ce], [ce+act, act], [the 3 Jacobian
+        methods]); ``"all"`` fuses every method of a cell into one step (runs whose
+        weight on a term is 0 still pay for computing it).
+      dtype: compute dtype of the students and of the teacher inside the student steps
+        (``"float32"`` or ``"bfloat16"``: convolutions and matmuls in bf16; parameters,
+        optimiser state, logits and losses stay float32). The teacher is trained in float32.
     """
 
     dataset: str = "digits"
@@ -48,8 +55,14 @@ class DistillPreset:
     image_size: int = 32
     checkpoint_every: int = 1000
     fusion: str = "unroll"
+    dtype: str = "float32"
+    fusion_groups: str = "passes"
 
     def __post_init__(self):
+        if self.fusion_groups not in ("passes", "all"):
+            raise ValueError(f"fusion_groups must be passes or all, got {self.fusion_groups!r}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
         if self.fusion not in ("unroll", "vmap", "off"):
             raise ValueError(f"fusion must be unroll, vmap or off, got {self.fusion!r}")
 

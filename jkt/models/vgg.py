@@ -75,6 +75,10 @@ class VGG(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False, return_features: bool = False):
+        n_pools = sum(1 for item in self.config if item == "M")
+        if x.ndim != 4 or min(x.shape[1:3]) < 2 ** n_pools:
+            raise ValueError(f"VGG with {n_pools} 2x2 max-pools needs NHWC inputs of at least "
+                             f"{2 ** n_pools}x{2 ** n_pools} pixels, got shape {x.shape}")
         x = x.astype(self.dtype)
         features = {}
         n_conv = n_pool = 0

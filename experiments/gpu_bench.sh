@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The prepared device check of issue 7: one call, about 6-9 minutes on one H100/H200.
+#
+#   OUT=runs/gpu_bench bash experiments/gpu_bench.sh      # from the repository root
+#
+# 1. fp32 (TF32 allowed on both sides), the issue's reference setting: every method of
+#    experiments.bench, jkt next to the eager PyTorch reference, fused Table-1 groups,
+#    the goal ratios and the Table-1 projection -> $OUT/fp32/bench.{md,json}.
+# 2. bf16 compute for the steps Table 1 uses, fused groups in both layouts (unrolled and
+#    vmap) -> $OUT/bf16/bench.{md,json}.
+# Needs jax[cuda], flax, optax, chex, orbax and (for the reference) torch; not
+# tensorflow-datasets. Each part has its own timeout so that a slow first part still
+# leaves the second; a killed part leaves bench.partial.json with what it measured.
+set -uo pipefail
+OUT=${OUT:-runs/gpu_bench}
+mkdir -p "$OUT"
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
+{
+  date -u
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+  python -c "import jax, jaxlib; print('jax', jax.__version__, jax.devices())"
+  python -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" \
+    || echo "torch: not available"
+} 2>&1 | tee "$OUT/env.txt"
+
+timeout "${FP32_TIMEOUT:-360}" python -m experiments.bench --reference --out "$OUT/fp32" \
+  2>&1 | tee "$OUT/fp32.log"
+
+timeout "${BF16_TIMEOUT:-150}" python -m experiments.bench --reference --dtype bfloat16 \
+  --no-torch --out "$OUT/bf16" \
+  --methods ce,ce+act,ce+act+jac:label,vgg9:ce,vgg9:ce+jac_norm,fused:act-group,fused:jac-group,fused-vmap:jac-group \
+  2>&1 | tee "$OUT/bf16.log"
