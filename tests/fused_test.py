@@ -256,3 +256,35 @@ def test_fused_loop_rejects_runs_that_differ_beyond_the_objective(tmp_path):
     with pytest.raises(ValueError, match="differ only in their objective"):
         loop.train_and_evaluate_fused(cfgs, _split(8), {}, num_classes=K, mean=MEAN, std=STD,
                                       workdirs=[tmp_path / "a", tmp_path / "b"])
+
+
+def test_runs_checkpointed_at_different_steps_are_trained_one_by_one(tiny_models, monkeypatch,
+                                                                    tmp_path, teacher):
+    """A fused group whose members were left at different steps (e.g. one was started with
+    ``--fusion off``) falls back to separate runs, each resuming its own checkpoint."""
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    train = _split(20)
+    real_make_batch, calls = loop.make_batch, []
+
+    def make_batch_then_die(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 4:  # steps 0-2 ran, checkpoint 2 was written
+            raise _Killed
+        return real_make_batch(*args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(loop, "make_batch", make_batch_then_die)
+        with pytest.raises(_Killed):
+            loop.train_and_evaluate(_cfg("act"), train, {"val": _split(12, seed=9)},
+                                    num_classes=K, mean=MEAN, std=STD,
+                                    workdir=tmp_path / "act", teacher=_Teacher(teacher),
+                                    mesh=mesh)
+    _wait_saves(tmp_path / "act" / "checkpoints")
+    fused_calls = []
+    real_fused = fused.make_fused_train_step
+    monkeypatch.setattr(fused, "make_fused_train_step",
+                        lambda *a, **k: fused_calls.append(1) or real_fused(*a, **k))
+    results = _run_fused(tmp_path, teacher, train, mesh)
+    assert fused_calls == []  # no fused step was built
+    assert [r.resumed_from for r in results] == [None, 2]
+    assert [r.steps for r in results] == [6, 6]

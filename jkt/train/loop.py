@@ -200,13 +200,18 @@ def train_and_evaluate_fused(
         if diff:
             raise ValueError(f"fused runs may differ only in their objective, not in {diff}")
     fused.union_objective([c.objective for c in cfgs])  # structure check, before any work
+    if mode not in fused.FUSION_MODES:
+        raise ValueError(f"unknown fusion mode {mode!r}; valid: {fused.FUSION_MODES}")
     workdirs = [Path(w) for w in workdirs]
     results: list[RunResult | None] = [
         RunResult(**json.loads((w / RESULT_FILE).read_text())) if (w / RESULT_FILE).exists()
         else None for w in workdirs]
     todo = [i for i, r in enumerate(results) if r is None]
     common = dict(num_classes=num_classes, mean=mean, std=std, teacher=teacher, mesh=mesh)
-    steps = {TrainCheckpointer(workdirs[i] / "checkpoints").latest_step() for i in todo}
+    steps = set()
+    for i in todo:
+        with TrainCheckpointer(workdirs[i] / "checkpoints") as ckpt:
+            steps.add(ckpt.latest_step())
     if len(todo) == 1 or len(steps) > 1:
         for i in todo:
             results[i] = train_and_evaluate(cfgs[i], train, eval_splits, workdir=workdirs[i],
