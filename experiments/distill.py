@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import time
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from experiments import cli
-from experiments.configs.distill import PRESETS, DistillPreset
+from experiments.configs.distill import FUSION_CHOICES, PRESETS, DistillPreset
 from experiments.train_teacher import train_teacher
 from jkt import checkpoint, data, parallel, report
 from jkt.train import (
@@ -61,7 +62,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, DistillPreset]:
                    help="steps between checkpoints of a run (default: preset)")
     cli.add_optim_args(p, default=None)
     cli.add_optim_args(p, default=None, prefix="teacher-")
-    p.add_argument("--fusion", default=None, choices=("unroll", "vmap", "off"),
+    p.add_argument("--fusion", default=None, choices=FUSION_CHOICES,
                    help="train the methods of one (n, seed) cell that need the same passes in "
                         "one jitted step (default: preset, unroll) or each on its own (off)")
     p.add_argument("--fusion-groups", default=None, choices=("passes", "all"),
@@ -150,39 +151,37 @@ def run_grid(preset: DistillPreset, workdir: Path, *, teacher_dir: str | None = 
     bar = tqdm(total=len(preset.methods) * len(preset.n_per_class) * len(preset.seeds),
                desc="grid", position=0, dynamic_ncols=True, disable=not progress)
     try:
-        for n in preset.n_per_class:
-            for seed in preset.seeds:
-                for group in groups:
-                    names = [f"{m}/n{n}_seed{seed}" for m in group]
-                    bar.set_description(f"grid [{', '.join(names)}]")
-                    cfgs = [TrainConfig(
-                        model=preset.student, model_options=dict(student_options),
-                        objective=objectives[m], optim=preset.optim, seed=seed,
-                        max_steps=preset.max_steps, checkpoint_every=preset.checkpoint_every,
-                        progress=progress) for m in group]
-                    t0 = time.time()
-                    try:
-                        results = train_and_evaluate_fused(
-                            cfgs, subsets[(n, seed)], {"val": ds.val, "test": ds.test},
-                            num_classes=ds.num_classes, mean=ds.mean, std=ds.std,
-                            workdirs=[workdir / "runs" / name for name in names],
-                            teacher=teacher, mesh=mesh, descs=names,
-                            mode="unroll" if preset.fusion == "off" else preset.fusion)
-                    except NonFiniteLossError as e:
-                        raise NonFiniteLossError(f"run {' / '.join(names)}: {e}") from e
-                    skipped = time.time() - t0 < 0.5
-                    for m, res in zip(group, results, strict=True):
-                        rows.append({
-                            "method": m, "n_per_class": n, "seed": seed,
-                            "val_accuracy": res.accuracy["val"],
-                            "test_accuracy": res.accuracy["test"],
-                            **{f"final_{k}": v for k, v in res.final_metrics.items()},
-                            "steps": res.steps, "fused_runs": len(group),
-                            "wall_time_s": round(res.wall_time, 2),
-                            "resumed_from": res.resumed_from,
-                            "skipped": skipped and res.wall_time > 0.5})
-                    write_results(rows, preset, workdir, t_acc)
-                    bar.update(len(group))
+        for n, seed, group in itertools.product(preset.n_per_class, preset.seeds, groups):
+            names = [f"{m}/n{n}_seed{seed}" for m in group]
+            bar.set_description(f"grid [{', '.join(names)}]")
+            cfgs = [TrainConfig(
+                model=preset.student, model_options=dict(student_options),
+                objective=objectives[m], optim=preset.optim, seed=seed,
+                max_steps=preset.max_steps, checkpoint_every=preset.checkpoint_every,
+                progress=progress) for m in group]
+            t0 = time.time()
+            try:
+                results = train_and_evaluate_fused(
+                    cfgs, subsets[(n, seed)], {"val": ds.val, "test": ds.test},
+                    num_classes=ds.num_classes, mean=ds.mean, std=ds.std,
+                    workdirs=[workdir / "runs" / name for name in names],
+                    teacher=teacher, mesh=mesh, descs=names,
+                    mode="unroll" if preset.fusion == "off" else preset.fusion)
+            except NonFiniteLossError as e:
+                raise NonFiniteLossError(f"run {' / '.join(names)}: {e}") from e
+            skipped = time.time() - t0 < 0.5
+            for m, res in zip(group, results, strict=True):
+                rows.append({
+                    "method": m, "n_per_class": n, "seed": seed,
+                    "val_accuracy": res.accuracy["val"],
+                    "test_accuracy": res.accuracy["test"],
+                    **{f"final_{k}": v for k, v in res.final_metrics.items()},
+                    "steps": res.steps, "fused_runs": len(group),
+                    "wall_time_s": round(res.wall_time, 2),
+                    "resumed_from": res.resumed_from,
+                    "skipped": skipped and res.wall_time > 0.5})
+            write_results(rows, preset, workdir, t_acc)
+            bar.update(len(group))
     finally:
         bar.close()
     return rows

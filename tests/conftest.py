@@ -4,9 +4,31 @@ Multi-device tests build meshes over ``jax.devices()``; single-device tests pass
 ``jax.devices()[:1]`` explicitly.
 """
 import os
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import chex  # noqa: E402
+import pytest  # noqa: E402
 
 chex.set_n_cpu_devices(8)
+
+
+def _wait_for_abandoned_saves(directory, timeout: float = 30.0) -> None:
+    """Waits until no Orbax temporary step directory is left in ``directory``.
+
+    The training loop does not wait for its asynchronous checkpoint save when an
+    exception leaves the loop: the save goes on in a background thread of this process.
+    (A killed process would lose it instead; the next run would resume one checkpoint
+    earlier.) Waiting makes resume tests deterministic.
+    """
+    deadline = time.monotonic() + timeout
+    while any("tmp" in p.name for p in directory.iterdir()):
+        assert time.monotonic() < deadline, f"checkpoint saves in {directory} never finished"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def wait_for_saves():
+    """The function ``wait_for_saves(checkpoint_dir)`` (see ``_wait_for_abandoned_saves``)."""
+    return _wait_for_abandoned_saves

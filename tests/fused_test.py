@@ -169,13 +169,14 @@ def tiny_models(monkeypatch):
     monkeypatch.setattr(loop, "create_model", lambda name, n, **o: _student())
 
 
-class _Teacher:
-    def __init__(self, teacher):
-        from jkt.checkpoint import TeacherMeta
+def _teacher_artifact(teacher):
+    """A frozen ``checkpoint.Teacher`` around the module-scoped tiny teacher."""
+    from jkt.checkpoint import Teacher, TeacherMeta
 
-        self.model, self.variables = teacher
-        self.meta = TeacherMeta(arch="tiny", num_classes=K, input_size=IMAGE_SHAPE,
-                                mean=MEAN, std=STD, dataset="synthetic")
+    model, variables = teacher
+    meta = TeacherMeta(arch="tiny", num_classes=K, input_size=IMAGE_SHAPE, mean=MEAN, std=STD,
+                       dataset="synthetic")
+    return Teacher(meta=meta, model=model, variables=variables)
 
 
 LOOP_METHODS = ("ce+act", "act")
@@ -191,16 +192,16 @@ def _run_fused(workdir, teacher, train, mesh):
     return loop.train_and_evaluate_fused(
         [_cfg(m) for m in LOOP_METHODS], train, {"val": _split(12, seed=9)}, num_classes=K,
         mean=MEAN, std=STD, workdirs=[workdir / m for m in LOOP_METHODS],
-        teacher=_Teacher(teacher), mesh=mesh, descs=list(LOOP_METHODS))
+        teacher=_teacher_artifact(teacher), mesh=mesh, descs=list(LOOP_METHODS))
 
 
 def test_fused_loop_equals_separate_loop_and_resumes(tiny_models, monkeypatch, tmp_path,
-                                                     teacher):
+                                                     teacher, wait_for_saves):
     mesh = parallel.make_mesh(jax.devices()[:2])
     train = _split(20)
     separate = {m: loop.train_and_evaluate(
         _cfg(m), train, {"val": _split(12, seed=9)}, num_classes=K, mean=MEAN, std=STD,
-        workdir=tmp_path / "separate" / m, teacher=_Teacher(teacher), mesh=mesh)
+        workdir=tmp_path / "separate" / m, teacher=_teacher_artifact(teacher), mesh=mesh)
         for m in LOOP_METHODS}
     reference = _run_fused(tmp_path / "fused", teacher, train, mesh)
     for m, res in zip(LOOP_METHODS, reference, strict=True):
@@ -228,8 +229,7 @@ def test_fused_loop_equals_separate_loop_and_resumes(tiny_models, monkeypatch, t
         with pytest.raises(_Killed):
             _run_fused(tmp_path / "killed", teacher, train, mesh)
     for m in LOOP_METHODS:
-        ckpt_dir = tmp_path / "killed" / m / "checkpoints"
-        _wait_saves(ckpt_dir)
+        wait_for_saves(tmp_path / "killed" / m / "checkpoints")
     resumed = _run_fused(tmp_path / "killed", teacher, train, mesh)
     for m, res, ref in zip(LOOP_METHODS, resumed, reference, strict=True):
         assert res.resumed_from == 4 and res.accuracy == ref.accuracy
@@ -242,15 +242,6 @@ def test_fused_loop_equals_separate_loop_and_resumes(tiny_models, monkeypatch, t
     assert [r.accuracy for r in again] == [r.accuracy for r in resumed]
 
 
-def _wait_saves(directory, timeout=30.0):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while any("tmp" in p.name for p in directory.iterdir()):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-
-
 def test_fused_loop_rejects_runs_that_differ_beyond_the_objective(tmp_path):
     cfgs = [_cfg("ce+act"), loop.TrainConfig(objective=method_objective("act"), seed=1)]
     with pytest.raises(ValueError, match="differ only in their objective"):
@@ -258,8 +249,8 @@ def test_fused_loop_rejects_runs_that_differ_beyond_the_objective(tmp_path):
                                       workdirs=[tmp_path / "a", tmp_path / "b"])
 
 
-def test_runs_checkpointed_at_different_steps_are_trained_one_by_one(tiny_models, monkeypatch,
-                                                                    tmp_path, teacher):
+def test_runs_checkpointed_at_different_steps_are_trained_one_by_one(
+        tiny_models, monkeypatch, tmp_path, teacher, wait_for_saves):
     """A fused group whose members were left at different steps (e.g. one was started with
     ``--fusion off``) falls back to separate runs, each resuming its own checkpoint."""
     mesh = parallel.make_mesh(jax.devices()[:1])
@@ -277,9 +268,9 @@ def test_runs_checkpointed_at_different_steps_are_trained_one_by_one(tiny_models
         with pytest.raises(_Killed):
             loop.train_and_evaluate(_cfg("act"), train, {"val": _split(12, seed=9)},
                                     num_classes=K, mean=MEAN, std=STD,
-                                    workdir=tmp_path / "act", teacher=_Teacher(teacher),
+                                    workdir=tmp_path / "act", teacher=_teacher_artifact(teacher),
                                     mesh=mesh)
-    _wait_saves(tmp_path / "act" / "checkpoints")
+    wait_for_saves(tmp_path / "act" / "checkpoints")
     fused_calls = []
     real_fused = fused.make_fused_train_step
     monkeypatch.setattr(fused, "make_fused_train_step",

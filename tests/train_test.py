@@ -8,7 +8,6 @@ with XLA's backend optimisation off (it checks maths, not speed).
 
 import dataclasses
 import json
-import time
 
 import chex
 import jax
@@ -349,20 +348,6 @@ def _run(cfg, workdir, mesh, train):
                                    workdir=workdir, mesh=mesh)
 
 
-def _wait_for_abandoned_saves(directory, timeout: float = 30.0) -> None:
-    """Waits until no Orbax temporary step directory is left in ``directory``.
-
-    ``train_and_evaluate`` does not wait for its asynchronous checkpoint save when an
-    exception leaves the loop: the save goes on in a background thread of this process.
-    (A killed process would lose it instead; the next run would resume one checkpoint
-    earlier.) Waiting makes the tests below deterministic.
-    """
-    deadline = time.monotonic() + timeout
-    while any("tmp" in p.name for p in directory.iterdir()):
-        assert time.monotonic() < deadline, f"checkpoint saves in {directory} never finished"
-        time.sleep(0.05)
-
-
 def _tiny_loop_model(monkeypatch):
     monkeypatch.setattr(loop, "create_model", lambda name, n, **o: _tiny(n, **o))
 
@@ -408,14 +393,14 @@ def test_nan_loss_raises_naming_step_and_term(nan_run):
         assert all(np.isfinite(v) for v in json.loads(line).values())
 
 
-def test_nan_loss_leaves_last_checkpoint_finite(nan_run):
+def test_nan_loss_leaves_last_checkpoint_finite(nan_run, wait_for_saves):
     """A non-finite loss leaves the last checkpoint untouched: with checkpoint_every=2 and
     a NaN at step 3 (0-based), the loop checks that step's loss before it would save
     checkpoint 4, so the latest checkpoint stays the finite one at step 2."""
     from jkt.checkpoint import TrainCheckpointer
 
     workdir, mesh, _ = nan_run
-    _wait_for_abandoned_saves(workdir / "checkpoints")
+    wait_for_saves(workdir / "checkpoints")
     with TrainCheckpointer(workdir / "checkpoints") as ckpt:
         latest = ckpt.latest_step()
         tx = optim.make_optimizer(_loop_cfg().optim, 1)
@@ -452,7 +437,8 @@ class _Killed(BaseException):
     """Stands for the process being killed (not an ``Exception``: nothing may catch it)."""
 
 
-def test_resume_after_kill_matches_uninterrupted_run(tiny_loop, monkeypatch, tmp_path, split):
+def test_resume_after_kill_matches_uninterrupted_run(tiny_loop, monkeypatch, tmp_path, split,
+                                                    wait_for_saves):
     mesh = parallel.make_mesh(jax.devices()[:2])
     train = split.take(np.arange(20))  # 20 examples, batch 8: epochs wrap mid-run
     cfg = _loop_cfg(log_every=2)  # the logging window restarts at a resume: align it
@@ -474,7 +460,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tiny_loop, monkeypatch, tmp
         with pytest.raises(_Killed):
             _run(cfg, workdir, mesh, train)
     assert not (workdir / loop.RESULT_FILE).exists()
-    _wait_for_abandoned_saves(workdir / "checkpoints")
+    wait_for_saves(workdir / "checkpoints")
 
     resumed = _run(cfg, workdir, mesh, train)
     assert resumed.resumed_from == 4

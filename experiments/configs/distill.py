@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from jkt.train import CIFAR_RECIPE, TABLE1_METHODS, OptimConfig
+from jkt.train import CIFAR_RECIPE, FUSION_MODES, TABLE1_METHODS, OptimConfig
+
+FUSION_CHOICES = (*FUSION_MODES, "off")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,8 +65,8 @@ class DistillPreset:
             raise ValueError(f"fusion_groups must be passes or all, got {self.fusion_groups!r}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
-        if self.fusion not in ("unroll", "vmap", "off"):
-            raise ValueError(f"fusion must be unroll, vmap or off, got {self.fusion!r}")
+        if self.fusion not in FUSION_CHOICES:
+            raise ValueError(f"fusion must be one of {FUSION_CHOICES}, got {self.fusion!r}")
 
 
 def quick() -> DistillPreset:

@@ -29,7 +29,7 @@ import numpy as np
 
 from jkt.train.objective import TERMS, Objective
 from jkt.train.state import TrainState
-from jkt.train.step import _renormalizer, frozen_teacher, input_pipeline, update
+from jkt.train.step import frozen_teacher, input_pipeline, teacher_renormalizer, update
 
 FUSION_MODES = ("unroll", "vmap")
 _STRUCTURE = ("estimator", "normalize", "att_pairs", "att_variant", "att_jac_pair",
@@ -125,7 +125,7 @@ def make_fused_train_step(
         raise ValueError("an objective matches a teacher, but no teacher model was given")
     weights = weight_matrix(objectives)
     to_input = input_pipeline(mean, std, augment)
-    to_teacher = _renormalizer(mean, std, teacher_mean, teacher_std)
+    to_teacher = teacher_renormalizer(mean, std, teacher_mean, teacher_std)
 
     def fused_step(states: TrainState, batch, teacher_variables):
         if states.step.shape != (len(objectives),):

@@ -13,7 +13,7 @@ from jkt.train.objective import Objective, compose_losses
 from jkt.train.state import TrainState
 
 
-def _renormalizer(mean, std, teacher_mean, teacher_std) -> Callable:
+def teacher_renormalizer(mean, std, teacher_mean, teacher_std) -> Callable:
     """Maps student-normalised inputs to the teacher's normalisation (identity if equal)."""
     if teacher_mean is None or (tuple(teacher_mean) == tuple(mean)
                                 and tuple(teacher_std) == tuple(std)):
@@ -47,7 +47,7 @@ def make_train_step(
     if objective.needs_teacher and teacher_model is None:
         raise ValueError("the objective matches a teacher, but no teacher model was given")
     to_input = input_pipeline(mean, std, augment)
-    to_teacher = _renormalizer(mean, std, teacher_mean, teacher_std)
+    to_teacher = teacher_renormalizer(mean, std, teacher_mean, teacher_std)
 
     def train_step(state: TrainState, batch, teacher_variables):
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
