@@ -13,20 +13,22 @@
 # leaves the second; a killed part leaves bench.partial.json with what it measured.
 set -uo pipefail
 OUT=${OUT:-runs/gpu_bench}
+PY=${PYTHON:-python3}  # the GPU image's python3 holds jax, torch and flax
 mkdir -p "$OUT"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 {
   date -u
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-  python -c "import jax, jaxlib; print('jax', jax.__version__, jax.devices())"
-  python -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" \
+  "$PY" -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__,
+  'optax', optax.__version__, jax.devices())"
+  "$PY" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" \
     || echo "torch: not available"
 } 2>&1 | tee "$OUT/env.txt"
 
-timeout "${FP32_TIMEOUT:-360}" python -m experiments.bench --reference --out "$OUT/fp32" \
+timeout -k 10 "${FP32_TIMEOUT:-360}" "$PY" -m experiments.bench --reference --out "$OUT/fp32" \
   2>&1 | tee "$OUT/fp32.log"
 
-timeout "${BF16_TIMEOUT:-150}" python -m experiments.bench --reference --dtype bfloat16 \
+timeout -k 10 "${BF16_TIMEOUT:-150}" "$PY" -m experiments.bench --reference --dtype bfloat16 \
   --no-torch --out "$OUT/bf16" \
   --methods ce,ce+act,ce+act+jac:label,vgg9:ce,vgg9:ce+jac_norm,fused:act-group,fused:jac-group,fused-vmap:jac-group \
   2>&1 | tee "$OUT/bf16.log"

@@ -198,7 +198,7 @@ def test_gpu_script_names_valid_methods_and_flags():
     from pathlib import Path
 
     text = (Path(__file__).resolve().parents[1] / "experiments" / "gpu_bench.sh").read_text()
-    calls = re.findall(r"python -m experiments\.bench (.*?)2>&1", text, flags=re.S)
+    calls = re.findall(r"-m experiments\.bench (.*?)2>&1", text, flags=re.S)
     assert len(calls) == 2
     for call in calls:
         tokens = call.replace("\\\n", " ").split()
