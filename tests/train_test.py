@@ -410,6 +410,25 @@ def test_nan_loss_leaves_last_checkpoint_finite(nan_run, wait_for_saves):
     chex.assert_tree_all_finite(restored.params)
 
 
+def test_loop_fetches_metrics_once_per_log_window_not_per_step(tiny_loop, monkeypatch,
+                                                              tmp_path, split):
+    """No host sync per step: the metrics of a whole logging window come back in one
+    ``jax.device_get`` (here 12 steps, log every 4, checkpoint at 6: fetches after steps
+    4, 6 (before the checkpoint), 8 and 12)."""
+    fetched = []
+    real = jax.device_get
+
+    def counting_device_get(tree):
+        if isinstance(tree, list) and tree and isinstance(tree[0], dict) and "loss" in tree[0]:
+            fetched.append(len(tree))
+        return real(tree)
+
+    monkeypatch.setattr(jax, "device_get", counting_device_get)
+    cfg = _loop_cfg(max_steps=12, log_every=4, checkpoint_every=6)
+    _run(cfg, tmp_path / "run", parallel.make_mesh(jax.devices()[:2]), split)
+    assert fetched == [4, 2, 2, 4]
+
+
 def test_config_errors_are_one_clear_line():
     cases = [
         (lambda: method_objective("bogus"), "unknown method 'bogus'"),

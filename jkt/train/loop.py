@@ -2,9 +2,11 @@
 
 Data flows one way: config -> batches -> state -> jitted step -> metrics / checkpoints.
 The step is jitted once with the state replicated and the batch split over the mesh's
-``"data"`` axis; the state is donated. Metrics of step ``t`` are fetched while step
-``t + 1`` runs, so the device never waits for the host, and a non-finite loss stops the
-run one step later with the step and the term named (the last checkpoint is untouched).
+``"data"`` axis; the state is donated. The loop never waits for the device between steps:
+each step's metrics stay on the device until the next log (or checkpoint) step, where
+all of them come back in one transfer and are checked in order, so a non-finite loss
+stops the run at that point naming the first bad step and term; a checkpoint is only
+written after every step before it was checked.
 """
 
 from __future__ import annotations
@@ -294,7 +296,7 @@ def _train_runs(cfgs, train, eval_splits, *, num_classes, mean, std, workdirs, t
 
     def per_run(metrics) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in m.items() if k in kp} for m, kp in zip(
-            split(jax.device_get(metrics)), keep, strict=True)]
+            split(metrics), keep, strict=True)]
 
     def check(runs_metrics, step):
         for m, d in zip(runs_metrics, descs, strict=True):
@@ -310,22 +312,25 @@ def _train_runs(cfgs, train, eval_splits, *, num_classes, mean, std, workdirs, t
                dynamic_ncols=True, disable=not cfg.progress)
     window: list[list[dict]] = []
     last: list[dict[str, float]] = [{} for _ in cfgs]  # metrics of the final step
-    pending = None  # (step, device metrics) of the previous step
+    pending: list[tuple[int, Any]] = []  # (step, device metrics) not yet fetched
 
     def fetch_pending():
-        nonlocal pending
-        if pending is not None:
-            host = per_run(pending[1])
-            check(host, pending[0])
-            window.append(host)
-            pending = None
+        """One device->host transfer for every step since the last fetch; checks each
+        step's loss terms in order (naming the first bad step) and adds them to the
+        logging window."""
+        if pending:
+            for (step, _), host in zip(pending, jax.device_get([m for _, m in pending]),
+                                       strict=True):
+                host = per_run(host)
+                check(host, step)
+                window.append(host)
+            pending.clear()
 
     try:
         for step in range(start, n_steps):
             batch = make_batch(train, stream.indices(step), mesh)
             state, metrics = train_step(state, batch, teacher_vars)
-            fetch_pending()
-            pending = (step, metrics)
+            pending.append((step, metrics))
             done = step + 1
             if done % cfg.log_every == 0 or done == n_steps:
                 fetch_pending()
