@@ -201,16 +201,12 @@ def write_results(rows: list[dict], preset: DistillPreset, workdir: Path,
           f"student)\n\nTest accuracy (%), mean ± std over {seeds} seed(s); best per column "
           f"in bold. Teacher test accuracy: {teacher}. Jacobian estimator: "
           f"`{preset.estimator}`{' (eq. 10 normalised)' if preset.normalize else ''}.\n\n"
-          + report.markdown_table(rows, value_key="test_accuracy", **common)
-          + "\n\nValidation accuracy (%) (what any selection should use):\n\n"
-          + report.markdown_table(rows, value_key="val_accuracy", **common) + "\n")
+          + report.accuracy_tables(rows, **common) + "\n")
     (workdir / "results.md").write_text(md)
-    full = max([n for n in cols if isinstance(n, int)], default=1) * 5
-    report.line_plot(rows, workdir / "results.png", line_key="method", x_key="n_per_class",
-                     y_key="test_accuracy", line_order=list(preset.methods), x_order=cols,
-                     line_labels=METHOD_LABELS, x_positions={"full": full},
-                     xlabel="data points per class (log; 'full' plotted at right)",
-                     ylabel="test accuracy (%)", title=f"Distillation on {preset.dataset}")
+    report.accuracy_vs_n_plot(rows, workdir / "results.png", line_order=list(preset.methods),
+                              x_order=cols, line_labels=METHOD_LABELS,
+                              xlabel="data points per class (log; 'full' plotted at right)",
+                              title=f"Distillation on {preset.dataset}")
     return md
 
 

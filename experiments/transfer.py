@@ -469,17 +469,13 @@ def write_results(rows: dict, preset: TransferPreset, workdir: Path, info: dict)
                       col_header="# of data points per class →")
         md = (_header(preset, info, "Transfer learning (Table 3)")
               + f"\n\nTest accuracy (%), mean ± std over {len(preset.seeds)} seed(s); best per "
-              "column in bold.\n\n" + report.markdown_table(main, value_key="test_accuracy",
-                                                            **common)
-              + "\n\nValidation accuracy (%):\n\n"
-              + report.markdown_table(main, value_key="val_accuracy", **common) + "\n")
+              "column in bold.\n\n" + report.accuracy_tables(main, **common) + "\n")
         (workdir / "transfer.md").write_text(md)
-        full = max([n for n in cols if isinstance(n, int)], default=1) * 5
-        report.line_plot(main, workdir / "transfer.png", line_key="method", x_key="n_per_class",
-                         y_key="test_accuracy", line_order=list(preset.methods), x_order=cols,
-                         line_labels=METHOD_LABELS, x_positions={"full": full},
-                         xlabel="images per class (log; 'full' plotted at right)",
-                         ylabel="test accuracy (%)", title=f"Transfer to {info['target']}")
+        report.accuracy_vs_n_plot(main, workdir / "transfer.png",
+                                  line_order=list(preset.methods), x_order=cols,
+                                  line_labels=METHOD_LABELS,
+                                  xlabel="images per class (log; 'full' plotted at right)",
+                                  title=f"Transfer to {info['target']}")
     for kind, key, title, xlabel in (
             ("depth", "depth_pair", "Feature-matching depth (Table 4)",
              "(teacher tap, student tap)"),

@@ -95,3 +95,22 @@ def line_plot(rows: Sequence[dict], path, *, line_key: str, x_key: str, y_key: s
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def accuracy_tables(rows: Sequence[dict], **table_args) -> str:
+    """Test-accuracy table, then the validation-accuracy table (what any model selection
+    should use), both from :func:`markdown_table` with ``table_args``."""
+    return (markdown_table(rows, value_key="test_accuracy", **table_args)
+            + "\n\nValidation accuracy (%) (what any selection should use):\n\n"
+            + markdown_table(rows, value_key="val_accuracy", **table_args))
+
+
+def accuracy_vs_n_plot(rows: Sequence[dict], path, *, line_order: Sequence, x_order: Sequence,
+                       line_labels: dict, xlabel: str, title: str) -> None:
+    """Test accuracy vs points per class (``n_per_class``, log x), one line per
+    ``method``; ``"full"`` is plotted at 5x the largest integer n."""
+    full = max([n for n in x_order if isinstance(n, int)], default=1) * 5
+    line_plot(rows, path, line_key="method", x_key="n_per_class", y_key="test_accuracy",
+              line_order=line_order, x_order=x_order, line_labels=line_labels,
+              x_positions={"full": full}, xlabel=xlabel, ylabel="test accuracy (%)",
+              title=title)
