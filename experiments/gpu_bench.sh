@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The prepared device check of issue 7: one call, about 6-9 minutes on one H100/H200.
+# The prepared device check of the train-step benchmark: one call on one GPU.
 #
 #   OUT=runs/gpu_bench bash experiments/gpu_bench.sh      # from the repository root
 #
-# 1. fp32 (TF32 allowed on both sides), the issue's reference setting: every method of
+# 1. fp32 (TF32 allowed on both sides), the reference setting: every method of
 #    experiments.bench, jkt next to the eager PyTorch reference, fused Table-1 groups,
 #    the goal ratios and the Table-1 projection -> $OUT/fp32/bench.{md,json}.
 # 2. bf16 compute for the steps Table 1 uses, fused groups in both layouts (unrolled and

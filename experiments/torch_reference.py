@@ -1,13 +1,14 @@
 """PyTorch eager reference of the benchmarked models and losses (optional; needs ``torch``).
 
-Only ``experiments.bench`` imports this module. It is the kind of code the paper's
-experiments were written in: eager PyTorch, NCHW, input Jacobians by double backprop
-(``torch.autograd.grad(selected_output.sum(), x, create_graph=True)``), the full Jacobian
-by a loop over the K outputs. Layer configuration, BatchNorm settings, losses and the
-pad-4 crop + flip augmentation follow ``jkt`` exactly, so that ``jkt``/torch timings
-compare the same computation; :func:`load_flax_variables` copies a ``jkt`` VGG's
+``experiments.bench`` passes this module to ``jkt.bench`` (``jkt.bench.torch_runner``
+lists the API it uses); ``jkt`` itself never imports torch. It is the kind of code the
+paper's experiments were written in: eager PyTorch, NCHW, input Jacobians by double
+backprop (``torch.autograd.grad(selected_output.sum(), x, create_graph=True)``), the full
+Jacobian by a loop over the K outputs. Layer configuration, BatchNorm settings, losses
+and the pad-4 crop + flip augmentation follow ``jkt`` exactly, so that ``jkt``/torch
+timings compare the same computation; :func:`load_flax_variables` copies a ``jkt`` VGG's
 variables into :class:`TorchVGG` so that the two can be checked to compute the same
-loss values (``tests/bench_test.py``).
+loss values (``tests/bench_torch_test.py``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torch import nn
 
 from jkt.jacobian import pooling_window
 from jkt.models.vgg import VGG4_CONFIG, VGG9_CONFIG, scale_width
-from jkt.train.objective import Objective
+from jkt.train import Objective
 
 CONFIGS = {"vgg4": VGG4_CONFIG, "vgg9": VGG9_CONFIG}
 

@@ -4,42 +4,68 @@ The paper's MIT-Scenes experiments (§5.2) distil from an ImageNet-pretrained Re
 ``jkt.models.ResNet`` uses torchvision's names and torch-like padding, so the conversion is
 a one-to-one renaming plus layout changes: conv OIHW -> HWIO, BN weight/bias/running_mean/
 running_var -> scale/bias/mean/var, fc weight ``(out, in)`` -> kernel ``(in, out)``.
+
+Bad input fails early with one single-line error that names the problem: a missing file
+(``FileNotFoundError``), an unknown extension, an unreadable file, missing, unexpected or
+mis-shaped tensors (named with their expected and actual torch shapes), or an existing
+output directory without ``overwrite`` (all ``ValueError``).
 """
 
+import os
 from pathlib import Path
 
 import jax
 import numpy as np
+from etils import epath
 
 from jkt import checkpoint, models
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+SUFFIXES = (".pth", ".pt", ".safetensors")
+_MAX_LISTED = 5  # keys listed per kind of mismatch; a wrong architecture mismatches hundreds
+
 
 def load_state_dict(path) -> dict[str, np.ndarray]:
     """Reads a state dict as numpy arrays: ``.safetensors`` without torch, ``.pth``/``.pt``
-    with torch (imported lazily)."""
+    with torch (imported lazily, so the safetensors path works where torch is absent)."""
     path = Path(path)
-    if not path.exists():
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise ValueError(
+            f"Unsupported weights format {path.suffix!r} ({path}); use .pth, .pt or .safetensors"
+        )
+    if not path.is_file():
         raise FileNotFoundError(f"No weights file at {path}")
-    if path.suffix == ".safetensors":
+    if suffix == ".safetensors":
         from safetensors.numpy import load_file
 
-        return dict(load_file(str(path)))
-    if path.suffix in (".pth", ".pt"):
         try:
-            import torch
-        except ImportError as e:
-            raise ImportError(
-                f"Reading {path.name} needs PyTorch (pip install torch), "
-                "or convert it to .safetensors first"
-            ) from e
+            return dict(load_file(str(path)))
+        except Exception as e:  # safetensors raises its own error types for bad headers
+            raise ValueError(f"Cannot read {path} as .safetensors: {_one_line(e)}") from e
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError(
+            f"Reading {path.name} needs PyTorch (pip install torch), "
+            "or convert it to .safetensors first"
+        ) from e
+    try:
         sd = torch.load(str(path), map_location="cpu", weights_only=True)
-        if isinstance(sd, dict) and "state_dict" in sd:
-            sd = sd["state_dict"]
-        return {k: v.detach().cpu().numpy() for k, v in sd.items()}
-    raise ValueError(f"Unsupported weights format {path.suffix!r}; use .pth, .pt or .safetensors")
+    except Exception as e:  # unpickling errors, truncated files, pickled whole modules
+        raise ValueError(f"Cannot read {path} as a PyTorch state dict: {_one_line(e)}") from e
+    if isinstance(sd, dict) and "state_dict" in sd:
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"{path} does not hold a state dict (a dict of tensors)")
+    return {k: v.detach().cpu().numpy() for k, v in sd.items()}
+
+
+def _one_line(e: Exception) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _torch_name(flax_path: tuple[str, ...]) -> tuple[str, str]:
@@ -58,23 +84,40 @@ def _torch_name(flax_path: tuple[str, ...]) -> tuple[str, str]:
     return f"{prefix}.{'weight' if leaf == 'scale' else leaf}", "vector"
 
 
+_TO_FLAX = {"conv": (2, 3, 1, 0), "dense": (1, 0)}  # OIHW -> HWIO, (out, in) -> (in, out)
+
+
 def _to_flax(x: np.ndarray, kind: str) -> np.ndarray:
-    if kind == "conv":
-        return np.transpose(x, (2, 3, 1, 0))  # OIHW -> HWIO
-    if kind == "dense":
-        return np.transpose(x)  # (out, in) -> (in, out)
-    return x
+    return np.transpose(x, _TO_FLAX[kind]) if kind in _TO_FLAX else x
+
+
+def _torch_shape(flax_shape: tuple[int, ...], kind: str) -> tuple[int, ...]:
+    """The torch-layout shape whose conversion has ``flax_shape``."""
+    if kind not in _TO_FLAX:
+        return tuple(flax_shape)
+    inverse = np.argsort(_TO_FLAX[kind])
+    return tuple(int(flax_shape[i]) for i in inverse)
+
+
+def _listed(items: list[str]) -> str:
+    more = len(items) - _MAX_LISTED
+    return ", ".join(items[:_MAX_LISTED]) + (f" and {more} more" if more > 0 else "")
 
 
 def convert_resnet_state_dict(sd: dict, small_stem: bool = False, stage_sizes=(3, 4, 6, 3)):
     """torchvision ResNet state dict -> ``{"params", "batch_stats"}`` for ``jkt.models.ResNet``.
 
     Every tensor must be used and have the expected shape (``num_batches_tracked`` is
-    ignored); otherwise a ``ValueError`` lists missing, unexpected and mis-shaped keys.
+    ignored); otherwise one single-line ``ValueError`` names the missing keys (with the
+    shape expected), the unexpected keys and the mis-shaped keys (expected and actual).
     """
     sd = {k: np.asarray(v) for k, v in sd.items() if not k.endswith("num_batches_tracked")}
     if "fc.weight" not in sd:
         raise ValueError("State dict has no 'fc.weight'; is it a torchvision ResNet?")
+    if sd["fc.weight"].ndim != 2:
+        raise ValueError(
+            f"'fc.weight' has shape {sd['fc.weight'].shape}, expected (num_classes, features)"
+        )
     num_classes = sd["fc.weight"].shape[0]
     model = models.ResNet(num_classes, stage_sizes=tuple(stage_sizes), small_stem=small_stem)
     target = models.abstract_variables(model, (64, 64, 3))
@@ -83,21 +126,29 @@ def convert_resnet_state_dict(sd: dict, small_stem: bool = False, stage_sizes=(3
     for path, spec in flat:
         key, kind = _torch_name(tuple(k.key for k in path))
         used.add(key)
+        want = _torch_shape(spec.shape, kind)
         if key not in sd:
-            missing.append(key)
+            missing.append(f"{key} {want}")
             leaves.append(None)
-            continue
-        value = _to_flax(sd[key], kind).astype(np.float32)
-        if value.shape != spec.shape:
-            shapes.append(f"{key}: {sd[key].shape} (converted {value.shape}, want {spec.shape})")
-        leaves.append(value)
-    unexpected = sorted(set(sd) - used)
+        elif sd[key].shape != want:
+            shapes.append(f"{key} is {sd[key].shape}, expected {want}")
+            leaves.append(None)
+        else:
+            leaves.append(_to_flax(sd[key], kind).astype(np.float32))
+    unexpected = [f"{k} {sd[k].shape}" for k in sorted(set(sd) - used)]
     if missing or unexpected or shapes:
+        problems = [
+            f"{label} ({len(items)}): {_listed(sorted(items))}"
+            for label, items in (
+                ("missing keys", missing),
+                ("unexpected keys", unexpected),
+                ("wrong shapes", shapes),
+            )
+            if items
+        ]
         raise ValueError(
-            "State dict does not match torchvision ResNet"
-            f"(stage_sizes={tuple(stage_sizes)}, small_stem={small_stem}):\n"
-            f"  missing keys: {missing}\n  unexpected keys: {unexpected}\n"
-            f"  shape mismatches: {shapes}"
+            f"State dict does not match a torchvision ResNet (stage_sizes={tuple(stage_sizes)}, "
+            f"small_stem={small_stem}, {num_classes} classes); " + "; ".join(problems)
         )
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(target), leaves)
 
@@ -114,8 +165,14 @@ def import_resnet34(
 ) -> Path:
     """Converts torchvision ResNet-34 weights into a teacher artifact at ``out_dir``.
 
-    ``num_classes`` defaults to the fc layer's output size. Returns the artifact path.
+    ``num_classes`` defaults to the fc layer's output size; given, it must equal it.
+    An existing ``out_dir`` is replaced only with ``overwrite=True``; the check comes
+    before the weights are read, so a wrong ``out_dir`` fails at once.
+    Returns the artifact path.
     """
+    out = os.fspath(out_dir)
+    if not overwrite and epath.Path(out if "://" in out else os.path.abspath(out)).exists():
+        raise ValueError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")
     sd = load_state_dict(weights_path)
     variables = convert_resnet_state_dict(sd)
     inferred = variables["params"]["fc"]["kernel"].shape[1]

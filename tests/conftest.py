@@ -14,6 +14,24 @@ import pytest  # noqa: E402
 chex.set_n_cpu_devices(8)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _compilation_cache(tmp_path_factory):
+    """One persistent XLA compilation cache for the session (as ``jkt.workdir.setup_jax``
+    sets for the experiments): tests that build the same step reuse its executable
+    instead of compiling it again. The cache only skips compilation; every program and
+    number is unchanged."""
+    import jax
+
+    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+    old = {k: getattr(jax.config, k) for k in keys}
+    jax.config.update("jax_compilation_cache_dir",
+                      old["jax_compilation_cache_dir"] or str(tmp_path_factory.mktemp("xla")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    yield
+    for k, v in old.items():
+        jax.config.update(k, v)
+
+
 def _wait_for_abandoned_saves(directory, timeout: float = 30.0) -> None:
     """Waits until no Orbax temporary step directory is left in ``directory``.
 

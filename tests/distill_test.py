@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from experiments import distill
+from jkt.grids import distill as distill_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,6 +56,7 @@ def _rows(workdir):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_end_to_end_writes_all_outputs_and_resumes_after_kill(image_folder, tmp_path):
     ref = tmp_path / "ref"
     out = subprocess.run(_cmd(image_folder, ref), env=_env(tmp_path), cwd=ROOT,
@@ -118,24 +120,26 @@ def test_fused_grid_matches_separate_runs(image_folder, tmp_path):
 
     from experiments.configs.distill import quick
     from jkt import parallel
+    from jkt.data import DataConfig
 
     mesh = parallel.make_mesh(jax.devices()[:1])
     base = dataclasses.replace(
-        quick(), dataset=f"folder:{image_folder}", methods=("ce+jac", "act+jac", "ce+act+jac"),
+        quick(), data=DataConfig(f"folder:{image_folder}", val_fraction=0.2),
+        methods=("ce+jac", "act+jac", "ce+act+jac"),
         n_per_class=(2,), seeds=(0,), max_steps=5, teacher_max_steps=4,
         student_options={"width_multiplier": 0.0625},
         teacher_options={"width_multiplier": 0.0625},
         optim=dataclasses.replace(quick().optim, batch_size=8),
-        teacher_optim=dataclasses.replace(quick().teacher_optim, batch_size=8))
+        teacher_optim=dataclasses.replace(quick().teacher_optim, batch_size=8), progress=False)
     rows = {}
     for fusion in ("off", "unroll", "vmap", "all"):
         pre = (dataclasses.replace(base, fusion_groups="all", methods=(*base.methods, "ce"))
                if fusion == "all" else dataclasses.replace(base, fusion=fusion))
-        rows[fusion] = distill.run_grid(
-            pre, tmp_path / fusion, mesh=mesh,
-            teacher_dir=None if fusion == "off" else str(tmp_path / "off" / "teacher" /
-                                                         "artifact"),
-            progress=False, val_fraction=0.2)
+        pre = dataclasses.replace(
+            pre, workdir=str(tmp_path / fusion),
+            teacher_artifact=None if fusion == "off" else str(tmp_path / "off" / "teacher" /
+                                                              "artifact"))
+        rows[fusion] = distill_grid.run(pre, mesh=mesh)
     assert [r["fused_runs"] for r in rows["all"]] == [4, 4, 4, 4]
     for fusion in ("unroll", "vmap", "all"):
         assert [r["fused_runs"] for r in rows[fusion]][:3] in ([3, 3, 3], [4, 4, 4])
@@ -152,16 +156,25 @@ def test_fused_grid_matches_separate_runs(image_folder, tmp_path):
     (["--methods", "ce,bogus"], "unknown method"),
     (["--n-per-class", "0"], "positive integers or 'full'"),
     (["--n-per-class", "x5"], "positive integers or 'full'"),
-    (["--seeds", "a"], "--seeds takes integers"),
+    (["--seeds", "a"], "seeds: expected an integer"),
     (["--lr", "-1"], "learning_rate must be positive"),
-    (["--estimator", "nope"], "invalid choice"),
+    (["--estimator", "nope"], "unknown estimator"),
+    (["--methods", "ce,ce"], "lists an entry twice"),
+    (["--seeds", "0,0"], "lists a seed twice"),
+    (["--width-multiplier", "0"], "width_multiplier must be positive"),
+    (["--width-multiplier", "-1"], "width_multiplier must be positive"),
+    (["--student", "bogus"], "unknown student architecture"),
+    (["--max-steps", "0"], "max_steps must be positive"),
+    (["--config.optim.lr=3e-3"], "valid: optim.name, optim.learning_rate"),
+    (["--fusion", "sideways"], "not one of unroll, vmap, off"),
 ])
 def test_cli_errors_are_one_clear_line(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
-        distill.parse_args(argv)
+        distill.parse_config(argv)
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert message in err[-1]
+    assert len(err) == 1
 
 
 def test_too_many_points_per_class_fails_before_training(image_folder, tmp_path):

@@ -77,6 +77,25 @@ def test_full_jacobian_matches_jacrev(setup):
     assert rel_err(full, jac) < 1e-5
 
 
+def test_pullbacks_of_one_forward_pass_match_jacrev(setup):
+    """``pullback`` / ``output_pullbacks`` / ``jacobian_rows``, the pieces every estimator
+    (and the loss composer) is built from: per-output pullbacks of a dict-valued function
+    weight the other outputs zero; ``aux`` passes through."""
+    fn, x, jac = setup
+    y, pull, aux = jj.pullback(lambda z: ({"a": fn(z), "b": 2 * fn(z)}, "aux"), x,
+                               has_aux=True)
+    assert aux == "aux"
+    pulls = jj.output_pullbacks(y, pull)
+    top = jnp.argmax(y["a"], -1)
+    v = jj.select_cotangent(y["a"], "top")
+    assert rel_err(pulls["a"](v), jac[jnp.arange(3), top]) < 1e-5
+    assert rel_err(pulls["b"](v), 2 * jac[jnp.arange(3), top]) < 1e-5
+    assert rel_err(pull({"a": v, "b": v}), 3 * jac[jnp.arange(3), top]) < 1e-5
+    rows = jj.jacobian_rows(pulls["b"], y["b"])
+    chex.assert_shape(rows, (3, 5, 8, 8, 3))
+    assert rel_err(rows, 2 * jac) < 1e-5
+
+
 def test_jvp_equals_j_times_u(setup):
     fn, x, jac = setup
     u = jj.input_tangent(jax.random.key(2), x)

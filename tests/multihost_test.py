@@ -23,6 +23,8 @@ import pytest
 
 from jkt import parallel
 
+pytestmark = pytest.mark.slow  # two JAX processes, each compiling its train steps
+
 WORKER = Path(__file__).with_name("multihost_worker.py")
 REPO = WORKER.parent.parent
 

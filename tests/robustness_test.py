@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from experiments import robustness
-from experiments.configs.robustness import RobustnessPreset
+from experiments import robustness as robustness_cli
 from jkt import data, models, parallel
+from jkt.data import DataConfig
+from jkt.grids import robustness
+from jkt.grids.robustness import RobustnessConfig
 from jkt.train import OptimConfig
 
 
@@ -28,18 +30,24 @@ def folder(tmp_path_factory):
     return root
 
 
-def tiny_preset(folder) -> RobustnessPreset:
-    return RobustnessPreset(
-        dataset=f"folder:{folder}", model="vgg4", model_options={"width_multiplier": 0.0625},
+def tiny_preset(folder, workdir) -> RobustnessConfig:
+    return RobustnessConfig(
+        workdir=str(workdir), data=DataConfig(f"folder:{folder}", val_fraction=0.2),
+        progress=False, model="vgg4", model_options={"width_multiplier": 0.0625},
         lambdas=(1.0,), weight_decay=1e-3, dropout=0.25, sigmas=(0.0, 0.5), noise_draws=2,
         optim=OptimConfig("adam", 1e-3, (0.8,), epochs=1, batch_size=8), max_steps=3)
+
+
+def test_image_size_flag_reaches_the_data():
+    p = robustness_cli.parse_config(["--image-size", "16"])
+    assert p.data.image_size == 16
 
 
 def test_end_to_end_outputs_and_resume(folder, tmp_path, monkeypatch):
     monkeypatch.setenv("JKT_CACHE", str(tmp_path / "cache"))
     mesh = parallel.make_mesh(jax.devices()[:1])
-    p = tiny_preset(folder)
-    rows = robustness.run(p, tmp_path / "w", progress=False, mesh=mesh, val_fraction=0.2)
+    p = tiny_preset(folder, tmp_path / "w")
+    rows = robustness.run(p, mesh=mesh)
     names = ["lambda=1", "l2=0.001", "dropout=0.25"]
     assert sorted({r["model"] for r in rows}) == sorted(names)
     assert len(rows) == len(names) * 2
@@ -59,7 +67,7 @@ def test_end_to_end_outputs_and_resume(folder, tmp_path, monkeypatch):
         assert label in md
     assert (tmp_path / "w" / "robustness.png").read_bytes()[:4] == b"\x89PNG"
     # Rerun: nothing is retrained or re-evaluated, the same rows come back.
-    again = robustness.run(p, tmp_path / "w", progress=False, mesh=mesh, val_fraction=0.2)
+    again = robustness.run(p, mesh=mesh)
     assert again == rows
 
 
@@ -89,20 +97,22 @@ def test_noise_draws_differ_and_repeat():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--lambdas", "0,-1"], "--lambdas takes non-negative numbers"),
-    (["--sigmas", "a"], "--sigmas takes non-negative numbers"),
-    (["--dropout", "1.5"], "--dropout out of range"),
-    (["--noise-draws", "0"], "--noise-draws must be >= 1"),
-    (["--estimator", "nope"], "invalid choice"),
+    (["--lambdas", "0,-1"], "lambdas takes non-negative numbers"),
+    (["--sigmas", "a"], "sigmas: expected a number"),
+    (["--dropout", "1.5"], "dropout out of range"),
+    (["--noise-draws", "0"], "noise_draws must be >= 1"),
+    (["--estimator", "nope"], "unknown estimator"),
+    (["--width-multiplier", "0"], "width_multiplier must be positive"),
 ])
 def test_cli_errors_are_one_clear_line(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
-        robustness.parse_args(argv)
+        robustness_cli.parse_config(argv)
     assert e.value.code == 2
     assert message in capsys.readouterr().err.strip().splitlines()[-1]
 
 
 def test_zero_baseline_flags_skip_rows():
-    _, p = robustness.parse_args(["--weight-decay", "0", "--dropout", "0", "--lambdas", "0,10"])
+    p = robustness_cli.parse_config(["--weight-decay", "0", "--dropout", "0", "--lambdas",
+                                     "0,10"])
     assert [r.name for r in robustness.model_rows(p)] == ["lambda=0", "lambda=10"]
     assert dataclasses.replace(p).estimator == "label"

@@ -1,4 +1,4 @@
-"""What the compiled train step costs beyond its arithmetic (issue 7), checked on the
+"""What the compiled train step costs beyond its arithmetic, checked on the
 program itself: no float64 anywhere, the donated state aliased in place, and a bf16
 compute path that really computes in bf16 yet keeps the Jacobian term within bf16
 rounding of float32."""
@@ -15,7 +15,8 @@ from jkt import models, parallel
 from jkt.data.batches import make_batch
 from jkt.data.types import Split
 from jkt.train import fused
-from jkt.train.objective import compose_losses, method_objective
+from jkt.train.methods import method_objective
+from jkt.train.objective import compose_losses
 from jkt.train.state import create_train_state
 from jkt.train.step import make_train_step
 

@@ -11,12 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
+from train_fixtures import random_variables
 
-from experiments import transfer
-from jkt import checkpoint, data, losses, models, parallel
-from jkt.data import Dataset, Split
+from experiments import transfer as transfer_cli
+from jkt import checkpoint, losses, models, parallel
+from jkt.grids import transfer
 from jkt.train import TrainConfig, compose_losses
 from jkt.train.loop import final_variables
+from jkt.train.methods import TRANSFER_LABELS, TRANSFER_METHODS, transfer_objective
 
 TINY_T = {"small_stem": True, "stage_sizes": (1, 1, 1, 1), "width_multiplier": 1 / 16}
 TINY_S = {"width_multiplier": 1 / 16}
@@ -41,7 +43,7 @@ def image_folder(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _cache(tmp_path_factory, monkeypatch):
     """Decoded-image cache in tmp; a persistent XLA cache so that each run's identical init
-    and eval programs compile once (as ``experiments.cli.setup_jax`` does for the CLI)."""
+    and eval programs compile once (as ``jkt.workdir.setup_jax`` does for the CLI)."""
     monkeypatch.setenv("JKT_CACHE", str(tmp_path_factory.getbasetemp() / "jkt_cache"))
     old = {k: getattr(jax.config, k) for k in ("jax_compilation_cache_dir",
                                                "jax_persistent_cache_min_compile_time_secs")}
@@ -68,24 +70,24 @@ def _csv(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_grid_end_to_end_with_ablations_and_oracle(image_folder, tmp_path):
     # The CLI's parse, then the grid on one device (8 fake devices triple compile times).
     work = tmp_path / "w"
-    args, preset = transfer.parse_args(_argv(
+    cfg = transfer_cli.parse_config(_argv(
         image_folder, work, "--depth-pairs", "stage3:pool2", "--pool-windows", "s/5",
         "--ablation-n", "2"))
-    transfer.run_grid(preset, work, progress=False, mesh=parallel.make_mesh(jax.devices()[:1]),
-                      val_fraction=args.val_fraction)
+    transfer.run(cfg, mesh=parallel.make_mesh(jax.devices()[:1]))
     for stem in ("transfer", "ablation_depth", "ablation_pool"):
         assert (work / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert (work / f"{stem}.md").read_text().count("**") >= 2
     md = (work / "transfer.md").read_text()
     assert "analogue" in md
-    for label in transfer.METHOD_LABELS.values():
+    for label in TRANSFER_LABELS.values():
         assert label in md
 
     rows = {r["method"]: r for r in _csv(work / "transfer.csv")}
-    assert set(rows) == set(transfer.TRANSFER_METHODS)
+    assert set(rows) == set(TRANSFER_METHODS)
     for r in rows.values():
         assert 0.0 <= float(r["test_accuracy"]) <= 1.0 and int(r["steps"]) == 3
     # CE-only runs match nothing; the others match the 3-class teacher with the source head
@@ -118,38 +120,13 @@ def test_grid_end_to_end_with_ablations_and_oracle(image_folder, tmp_path):
     assert gap(ce["conv3"]["kernel"], pre["conv3"]["kernel"]) > 0.2
 
 
-def _random_variables(model, shape=(32, 32, 3), seed=0):
-    """Random variables of ``model`` without compiling its init (cheap on CPU)."""
-    rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32),
-                        models.abstract_variables(model, shape))
-
-
-def test_oracle_variables_copy_trunk_and_source_head_only():
-    student = models.create("vgg9", 2, source_classes=3, **TINY_S)
-    pretrained_model = models.create("vgg9", 3, **TINY_S)
-    pre = _random_variables(pretrained_model)
-    fresh = models.abstract_variables(student, (32, 32, 3))
-    got = transfer.oracle_variables(student, pre, (32, 32, 3), seed=0)
-    for k in pre["params"]:
-        if k != "fc":
-            jax.tree.map(np.testing.assert_array_equal, got["params"][k], pre["params"][k])
-    jax.tree.map(np.testing.assert_array_equal, got["params"]["fc_source"], pre["params"]["fc"])
-    assert got["params"]["fc"]["kernel"].shape == fresh["params"]["fc"]["kernel"].shape
-    head, pre_head = got["params"]["fc"]["kernel"], pre["params"]["fc"]["kernel"]
-    assert not np.allclose(head, pre_head[:, :2])
-    wider = models.create("vgg9", 2, source_classes=4, **TINY_S)
-    with pytest.raises(ValueError, match="does not fit"):
-        transfer.oracle_variables(wider, pre, (32, 32, 3))
-
-
 def test_two_head_terms_use_the_right_head():
     """CE on the target head vs labels; act on the source head vs the teacher's logits."""
     student = models.create("vgg4", 2, source_classes=3, **TINY_S)
     teacher = models.create("resnet34", 3, **{**TINY_T, "stage_sizes": (1,)})
     x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
     labels = jnp.array([0, 1, 1, 0])
-    sv, tv = _random_variables(student, seed=1), _random_variables(teacher, seed=2)
+    sv, tv = random_variables(student, seed=1), random_variables(teacher, seed=2)
     tv["batch_stats"] = jax.tree.map(np.abs, tv["batch_stats"])  # positive variances
 
     def student_fn(z):
@@ -160,7 +137,7 @@ def test_two_head_terms_use_the_right_head():
     def teacher_fn(z):
         return teacher.apply(tv, z, train=False, return_features=True)
 
-    obj = transfer.transfer_objective("ce+act")
+    obj = transfer_objective("ce+act")
 
     @jax.jit
     def run(x):
@@ -183,42 +160,12 @@ def test_unequal_spatial_sizes_are_refused_before_training(image_folder, tmp_pat
                                                            flag, value):
     work = tmp_path / "w"
     with pytest.raises(SystemExit) as e:
-        transfer.main(_argv(image_folder, work, flag, value))
+        transfer_cli.main(_argv(image_folder, work, flag, value))
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:")
     assert "equal spatial size" in err[0] and flag in err[0]
     assert not (work / "teacher").exists() and not (work / "runs").exists()
-
-
-def test_auto_pairs_reproduce_the_papers_224_pairing():
-    """ResNet-34 (ImageNet stem) vs VGG-9 at 224x224: the pairs of §6.3.1 / Table 4."""
-    t = models.feature_shapes(models.create("resnet34", 10, width_multiplier=1 / 16),
-                              (224, 224, 3))
-    s = models.feature_shapes(models.create("vgg9", 10, width_multiplier=1 / 16),
-                              (224, 224, 3))
-    pairs = transfer.auto_pairs(s, t)
-    assert [transfer.pair_name(p) for p in pairs] == [
-        "stage1:pool2", "stage2:pool3", "stage3:pool4", "stage4:pool5"]
-    assert transfer.parse_pair("pool2:stage1", s, t) == ("pool2", "stage1")
-    with pytest.raises(ValueError, match="unknown tap"):
-        transfer.parse_pair("stage9:pool2", s, t)
-
-
-def test_split_classes_filters_and_remaps():
-    img = np.zeros((6, 4, 4, 3), np.uint8) + np.arange(6, dtype=np.uint8)[:, None, None, None]
-    split = Split(img, np.array([0, 1, 2, 3, 2, 0]))
-    ds = Dataset("x", split, split, split, ("a", "b", "c", "d"), (0, 0, 0), (1, 1, 1))
-    src, tgt = transfer.source_target_split(ds, ("c", "a"), None)
-    assert src.class_names == ("c", "a") and tgt.class_names == ("b", "d")
-    np.testing.assert_array_equal(src.train.labels, [1, 0, 0, 1])
-    np.testing.assert_array_equal(src.train.images[:, 0, 0, 0], [0, 2, 4, 5])
-    np.testing.assert_array_equal(tgt.test.labels, [0, 1])
-    assert src.mean == data.channel_stats(src.train.images)[0]
-    with pytest.raises(ValueError, match="overlap"):
-        transfer.source_target_split(ds, ("a",), ("a", "b"))
-    with pytest.raises(ValueError, match="unknown class"):
-        transfer.source_target_split(ds, ("zebra",), None)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -227,9 +174,10 @@ def test_split_classes_filters_and_remaps():
     (["--pool-windows", "s/4"], "pool window"),
     (["--methods", "none"], "nothing to run"),
     (["--teacher-stage-sizes", "a"], "positive integers"),
+    (["--loss-weight", "0"], "loss_weight must be positive"),
 ])
 def test_cli_errors_are_one_clear_line(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
-        transfer.parse_args(argv)
+        transfer_cli.parse_config(argv)
     assert e.value.code == 2
     assert message in capsys.readouterr().err.strip().splitlines()[-1]

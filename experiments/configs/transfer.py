@@ -1,78 +1,17 @@
 """Presets of ``python -m experiments.transfer`` (paper §5, §6.3, Tables 3-5).
 
-Each preset's docstring gives the exact command and the expected run time.
+``get_config(name)`` returns a :class:`jkt.grids.transfer.TransferConfig`; any field can
+then be overridden on the command line. Each preset's docstring gives the command.
 """
 
 from __future__ import annotations
 
-import dataclasses
-
+from jkt.data import DataConfig
+from jkt.grids.transfer import TransferConfig
 from jkt.train import MIT_RECIPE, OptimConfig
 
-# Table 3 rows, in the paper's order.
-TRANSFER_METHODS = ("ce", "oracle", "ce+act", "ce+act+jac", "ce+act+att", "ce+act+att+attjac")
-# Table 5 columns: label -> pooling window as a fraction of the attention-map size.
-POOL_WINDOWS = {"full": 1.0, "s/3": 1 / 3, "s/5": 0.2, "s/7": 1 / 7, "none": None}
 
-
-@dataclasses.dataclass(frozen=True)
-class TransferPreset:
-    """A Table-3 grid (plus optional Table-4/5 ablations) of two-head students.
-
-    Attributes:
-      dataset: ``jkt.data.load`` name (``digits``, ``folder:PATH``, ...).
-      source_classes: class names (or ids) of ``dataset`` the teacher and the oracle's
-        pretrained student are trained on; ``None`` when the teacher comes from elsewhere
-        (``--teacher``, e.g. ImageNet) and all of ``dataset`` is the target.
-      target_classes: the student's target classes; ``None``: every class not in
-        ``source_classes``.
-      student, teacher: model names; ``*_options`` their ``jkt.models.create`` options
-        (the student's ``source_classes`` is set from the teacher).
-      methods: names from ``TRANSFER_METHODS``.
-      n_per_class: target images per class (``"full"``: the whole training split).
-      seeds: one run per seed (subset, init and data order).
-      optim / teacher_optim: student / teacher (and source-pretrained student) optimiser.
-      max_steps / teacher_max_steps: optional caps on steps.
-      loss_weight: weight of every active term (app. 10.2: 1, or 10 for MIT).
-      pool_fraction: attention-Jacobian pooling window / feature size (0.2 = size/5).
-      att_pairs: ``"teacher_tap:student_tap"`` pairs for attention matching; ``None``:
-        every pair of equal spatial size (Zagoruyko & Komodakis).
-      att_jac_pair: the pair for the attention-map Jacobian; ``None``: the shallowest
-        equal-size pair ("feature level 1" of app. 10.2).
-      depth_pairs: Table-4 ablation, one run per pair; ``("auto",)`` for every pair.
-      pool_windows: Table-5 ablation, labels of ``POOL_WINDOWS``.
-      ablation_n: points per class of the ablations (10 in the paper).
-      image_size: images are resized to this square size.
-      checkpoint_every / log_every: steps between a run's checkpoints / metric lines.
-    """
-
-    dataset: str = "digits"
-    source_classes: tuple | None = ("0", "1", "2", "3", "4")
-    target_classes: tuple | None = None
-    student: str = "vgg9"
-    student_options: dict = dataclasses.field(default_factory=dict)
-    teacher: str = "resnet34"
-    teacher_options: dict = dataclasses.field(default_factory=lambda: {"small_stem": True})
-    methods: tuple[str, ...] = TRANSFER_METHODS
-    n_per_class: tuple = (5, 10, 25, 50)
-    seeds: tuple[int, ...] = (0, 1)
-    optim: OptimConfig = OptimConfig("adam", 1e-3, (0.8,), epochs=200, batch_size=32)
-    teacher_optim: OptimConfig = OptimConfig("adam", 1e-3, (0.8,), epochs=15, batch_size=128)
-    max_steps: int | None = None
-    teacher_max_steps: int | None = None
-    loss_weight: float = 1.0
-    pool_fraction: float | None = 0.2
-    att_pairs: tuple[str, ...] | None = None
-    att_jac_pair: str | None = None
-    depth_pairs: tuple[str, ...] = ()
-    pool_windows: tuple[str, ...] = ()
-    ablation_n: int | str = 10
-    image_size: int = 32
-    checkpoint_every: int = 1000
-    log_every: int = 50
-
-
-def quick() -> TransferPreset:
+def quick() -> TransferConfig:
     """Offline default, an analogue: scikit-learn's digits 0-4 are the "source" task,
     5-9 the target. Tiny ResNet teacher (small stem, one block per stage, 1/8 width) and
     1/8-width two-head VGG-9 student, 32x32 inputs.
@@ -81,12 +20,11 @@ def quick() -> TransferPreset:
 
     Teacher and source-pretrained VGG-9: 300 steps each (Adam 1e-3, batch 64); then the
     6 Table-3 methods × n ∈ {5, 10} × 1 seed, 150 steps each (Adam 3e-3, batch 32).
-    About 5 minutes on 2 CPU cores (measured 5 min 6 s, most of it XLA compilation of the
-    six objectives). Digits are easy: every method lands at 90-98 % test accuracy, so
-    this preset checks the pipeline, not the paper's ordering of the methods.
+    Digits are easy: every method lands at 90-98 % test accuracy, so this preset checks
+    the pipeline, not the paper's ordering of the methods.
     """
-    return TransferPreset(
-        dataset="digits",
+    return TransferConfig(
+        data=DataConfig("digits"),
         source_classes=("0", "1", "2", "3", "4"),
         student_options={"width_multiplier": 0.125},
         teacher_options={"small_stem": True, "stage_sizes": (1, 1, 1, 1),
@@ -101,7 +39,7 @@ def quick() -> TransferPreset:
     )
 
 
-def cifar10() -> TransferPreset:
+def cifar10() -> TransferConfig:
     """Split-CIFAR-10, an *analogue* of the paper's ImageNet -> MIT Scenes transfer.
 
         python -m experiments.transfer --preset cifar10 \\
@@ -113,14 +51,13 @@ def cifar10() -> TransferPreset:
     + 5 source outputs) learn dog, frog, horse, ship, truck from n ∈ {5, 10, 25, 50} images
     per class, 2 seeds, Adam 1e-3 for 200 epochs capped at 1,000 steps, batch 32.
     Add the ablations with ``--depth-pairs auto --pool-windows all``.
-    Estimated 30-60 minutes on one modern GPU (48 runs; not measured here); impractical on
-    2 CPU cores. For a CPU-sized taste:
+    Sized for one GPU (48 runs). A CPU-sized version:
     ``--width-multiplier 0.125 --teacher-stage-sizes 1,1,1,1 --max-steps 200
-    --teacher-max-steps 400 --n-per-class 5,25 --seeds 0`` (measured: 3 min 38 s; teacher
-    64 % on its 5 classes, students 48-56 % at n=5, 58-64 % at n=25, oracle best).
+    --teacher-max-steps 400 --n-per-class 5,25 --seeds 0`` (results in the README).
     """
-    return TransferPreset(
-        dataset="folder:../shared/data/cifar10/train.tar.xz",
+    return TransferConfig(
+        workdir="runs/transfer_cifar10",
+        data=DataConfig("folder:../shared/data/cifar10/train.tar.xz"),
         source_classes=("airplane", "automobile", "bird", "cat", "deer"),
         target_classes=("dog", "frog", "horse", "ship", "truck"),
         teacher_options={"small_stem": True},
@@ -131,7 +68,7 @@ def cifar10() -> TransferPreset:
     )
 
 
-def mit() -> TransferPreset:
+def mit() -> TransferConfig:
     """The paper's Table 3: ImageNet ResNet-34 teacher -> two-head VGG-9 on MIT Indoor 67.
 
     What you need (nothing is downloaded):
@@ -162,21 +99,27 @@ def mit() -> TransferPreset:
     (app. 10.3); every loss weight 10 (app. 10.2); attention at every pair of equal
     spatial size (stage1:pool2, stage2:pool3, stage3:pool4, stage4:pool5), its Jacobian
     at stage1:pool2 (after the first residual block / second max-pool) with a size/5
-    pooling window; n ∈ {5, 10, 25, 50, full}, 2 seeds. Days on a CPU; on one modern
-    GPU roughly 1-3 days for the whole grid (the full-data runs dominate: ~4,700 images
-    × 75 epochs with double backprop through both networks per step).
+    pooling window; n ∈ {5, 10, 25, 50, full}, 2 seeds. The full-data runs dominate the
+    cost: ~4,700 images × 75 epochs with double backprop through both networks per step.
     """
-    return TransferPreset(
-        dataset="folder:MIT_Indoor_67",
+    return TransferConfig(
+        workdir="runs/transfer_mit",
+        data=DataConfig("folder:MIT_Indoor_67", image_size=224),
         source_classes=None,
         teacher_options={},
         n_per_class=(5, 10, 25, 50, "full"),
         seeds=(0, 1),
         optim=MIT_RECIPE,
         loss_weight=10.0,
-        image_size=224,
         log_every=50,
     )
 
 
 PRESETS = {"quick": quick, "cifar10": cifar10, "mit": mit}
+
+
+def get_config(name: str | None = None) -> TransferConfig:
+    """The preset ``name`` (default ``quick``)."""
+    from jkt.config import preset
+
+    return preset(PRESETS, name, "quick")

@@ -16,7 +16,7 @@ from jkt.data.batches import (
     train_batches,
 )
 from jkt.data.folder import load_folder
-from jkt.data.sources import SOURCES, load
+from jkt.data.sources import SOURCES, load, load_config
 from jkt.data.splits import (
     channel_stats,
     split_off,
@@ -25,11 +25,12 @@ from jkt.data.splits import (
     subset_per_class,
 )
 from jkt.data.transforms import add_gaussian_noise, augment, normalize
-from jkt.data.types import Dataset, DatasetNotFoundError, Split
+from jkt.data.types import DataConfig, Dataset, DatasetNotFoundError, Split
 
 __all__ = [
     "SOURCES",
     "BatchStream",
+    "DataConfig",
     "Dataset",
     "DatasetNotFoundError",
     "Split",
@@ -38,6 +39,7 @@ __all__ = [
     "channel_stats",
     "eval_batches",
     "load",
+    "load_config",
     "load_folder",
     "make_batch",
     "normalize",

@@ -7,7 +7,7 @@ import os
 from jkt.data import digits as digits_lib
 from jkt.data import folder as folder_lib
 from jkt.data import splits, tfds_source
-from jkt.data.types import Dataset
+from jkt.data.types import DataConfig, Dataset
 
 FOLDER_PREFIX = "folder:"
 SOURCES = ("cifar10", "cifar100", "digits", "folder:PATH")
@@ -75,3 +75,9 @@ def load(
         mean=mean,
         std=std,
     )
+
+
+def load_config(cfg: DataConfig) -> Dataset:
+    """:func:`load` with the arguments of a :class:`DataConfig`."""
+    return load(cfg.name, image_size=cfg.image_size, val_fraction=cfg.val_fraction,
+                data_dir=cfg.data_dir)

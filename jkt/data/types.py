@@ -7,6 +7,32 @@ import dataclasses
 import numpy as np
 
 
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Which dataset an experiment reads, and how (the arguments of :func:`jkt.data.load`).
+
+    Attributes:
+      name: ``digits``, ``cifar10``, ``cifar100`` or ``folder:PATH``.
+      data_dir: tfds data directory (``cifar10``/``cifar100``); ``None``: tfds' default.
+      image_size: side of the square images of ``digits`` and ``folder:`` sources.
+      val_fraction: stratified fraction of the train split held out for validation.
+    """
+
+    name: str = "digits"
+    data_dir: str | None = None
+    image_size: int = 32
+    val_fraction: float = 0.1
+
+    def __post_init__(self):
+        if not self.name:
+            raise ValueError("data.name must name a dataset (digits, cifar10, cifar100, "
+                             "folder:PATH)")
+        if not self.image_size > 0:
+            raise ValueError(f"data.image_size must be positive, got {self.image_size}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+
+
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset's files are not where the loader looked; the message says how to get them."""
 
@@ -69,6 +95,11 @@ class Dataset:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def summary(self) -> str:
+        """``"name: N train / N val / N test, K classes"``."""
+        return (f"{self.name}: {len(self.train)} train / {len(self.val)} val / "
+                f"{len(self.test)} test, {self.num_classes} classes")
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

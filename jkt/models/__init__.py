@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from jkt.models.resnet import BasicBlock, ResNet, ResNet34
+from jkt.models.taps import auto_pairs, pair_name, parse_pair
 from jkt.models.vgg import VGG, VGG4, VGG4_CONFIG, VGG9, VGG9_CONFIG
 
 __all__ = [
@@ -24,9 +25,12 @@ __all__ = [
     "ResNet",
     "ResNet34",
     "abstract_variables",
+    "auto_pairs",
     "create",
     "feature_shapes",
+    "pair_name",
     "param_count",
+    "parse_pair",
 ]
 
 MODELS = {"vgg4": VGG4, "vgg9": VGG9, "resnet34": ResNet34}

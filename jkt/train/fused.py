@@ -13,9 +13,9 @@ Run ``r`` of a fused step equals a separate :func:`jkt.train.step.make_train_ste
 whose state has the same ``rng`` as run 0 (the grid gives every run of a cell the same
 seed): augmentation and probes come from run 0's key, dropout from each run's own key.
 How the runs are laid out (one traced update per run, or ``vmap``) is the ``mode``
-argument. Terms are computed for the union of the runs' active terms; a run with weight 0 on a
-term gets no gradient from it but pays for computing it, so group runs whose objectives
-need the same passes (:func:`fusion_groups`).
+argument. Terms are computed for the union of the runs' active terms; a run with weight 0
+on a term gets no gradient from it but pays for computing it, so group runs whose
+objectives need the same passes (:func:`fusion_groups`).
 """
 
 from __future__ import annotations
@@ -90,6 +90,20 @@ def unstack_state(states: TrainState, index: int) -> TrainState:
     return jax.tree.map(lambda x: x[index], states)
 
 
+def pack_states(states: Sequence[TrainState]) -> TrainState:
+    """The states of ``R`` runs as :func:`make_fused_train_step` takes them: stacked on a
+    leading run axis (:func:`stack_states`), or for ``R = 1`` the state itself. A leading
+    axis of size 1 changes the layouts XLA picks and with them the rounding of the
+    BatchNorm reductions; unstacked, a single run compiles exactly the program of
+    :func:`jkt.train.step.make_train_step` and reproduces its numbers bit for bit."""
+    return states[0] if len(states) == 1 else stack_states(states)
+
+
+def unpack_state(packed: TrainState, index: int, runs: int) -> TrainState:
+    """Run ``index`` of :func:`pack_states` of ``runs`` states."""
+    return packed if runs == 1 else unstack_state(packed, index)
+
+
 def make_fused_train_step(
     model,
     objectives: Sequence[Objective],
@@ -104,19 +118,22 @@ def make_fused_train_step(
 ) -> Callable:
     """Builds ``fused_step(states, batch, teacher_variables) -> (states, metrics)``.
 
-    ``states`` is :func:`stack_states` of ``len(objectives)`` runs (leading axis ``R``);
-    ``batch`` as in :func:`jkt.train.step.make_train_step` (shared by all runs). Every
-    entry of ``metrics`` has shape ``(R,)``: ``loss`` (each run's own weighted total),
+    ``states`` is :func:`pack_states` of ``len(objectives)`` runs (leading axis ``R``; one
+    run's state as it is for ``R = 1``); ``batch`` as in
+    :func:`jkt.train.step.make_train_step` (shared by all runs). Every entry of
+    ``metrics`` has shape ``(R,)``: ``loss`` (each run's own weighted total),
     every term of :func:`union_objective` (unweighted), ``accuracy`` and, with a teacher,
     ``agreement``.
 
     ``mode`` picks how the per-run updates are laid out in the one XLA program:
     ``"unroll"`` (default) traces one update per run; XLA's common-subexpression pass
-    merges the runs' identical teacher computations (the test counts the convolutions),
-    and each student keeps its own dense convolutions. ``"vmap"`` maps one update over
-    the run axis: the teacher is unbatched by construction, the students' convolutions
-    become grouped convolutions (measured 2x *slower* than unrolled on CPU; the issue's
-    prototype found 1.4x faster than separate runs in bf16 on an H200).
+    merges the runs' identical teacher computations, and each student keeps its own dense
+    convolutions. ``"vmap"`` maps one update over the run axis: the teacher is unbatched
+    by construction, and the students' convolutions become one grouped convolution per
+    layer, so which mode is faster depends on the backend's grouped-convolution kernels.
+
+    With ``R = 1`` the step is :func:`jkt.train.step.make_train_step`'s (same keys, same
+    terms, same program): the training loop runs a single run through it.
     """
     if mode not in FUSION_MODES:
         raise ValueError(f"unknown fusion mode {mode!r}; valid: {FUSION_MODES}")
@@ -127,12 +144,15 @@ def make_fused_train_step(
     to_input = input_pipeline(mean, std, augment)
     to_teacher = teacher_renormalizer(mean, std, teacher_mean, teacher_std)
 
+    runs = len(objectives)
+
     def fused_step(states: TrainState, batch, teacher_variables):
-        if states.step.shape != (len(objectives),):
-            raise ValueError(f"fused step built for {len(objectives)} runs, got stacked states "
-                             f"with step shape {states.step.shape}")
+        if states.step.shape != ((runs,) if runs > 1 else ()):
+            raise ValueError(f"fused step built for {runs} runs, got states with step shape "
+                             f"{states.step.shape} (use pack_states)")
         # Shared randomness (augmentation, estimator probes) from run 0's key.
-        key0 = jax.random.fold_in(jax.random.wrap_key_data(states.rng[0]), states.step[0])
+        first = unpack_state(states, 0, runs)
+        key0 = jax.random.fold_in(jax.random.wrap_key_data(first.rng), first.step)
         k_aug, _, k_est = jax.random.split(key0, 3)
         x = to_input(k_aug, batch["image"])
         teacher_fn = frozen_teacher(teacher_model, teacher_variables, to_teacher,
@@ -144,6 +164,9 @@ def make_fused_train_step(
             return update(model, union, state, x, batch["label"], teacher_fn, k_drop, k_est,
                           weights=dict(zip(TERMS, w, strict=True)))
 
+        if runs == 1:
+            state, metrics = one(states, jnp.asarray(weights[0]))
+            return state, jax.tree.map(lambda v: v[None], metrics)
         if mode == "vmap":
             return jax.vmap(one)(states, jnp.asarray(weights))
         outs = [one(unstack_state(states, r), jnp.asarray(weights[r]))
@@ -153,5 +176,5 @@ def make_fused_train_step(
     return fused_step
 
 
-__all__ = ["FUSION_MODES", "fusion_groups", "make_fused_train_step", "passes", "stack_states",
-           "union_objective", "unstack_state", "weight_matrix"]
+__all__ = ["FUSION_MODES", "fusion_groups", "make_fused_train_step", "pack_states", "passes",
+           "stack_states", "union_objective", "unpack_state", "unstack_state", "weight_matrix"]

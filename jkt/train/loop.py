@@ -1,12 +1,16 @@
-"""``train_and_evaluate``: one student run, jitted and data-parallel, checkpointed, resumable.
+"""``train_and_evaluate``: student runs, jitted and data-parallel, checkpointed, resumable.
 
 Data flows one way: config -> batches -> state -> jitted step -> metrics / checkpoints.
-The step is jitted once with the state replicated and the batch split over the mesh's
-``"data"`` axis; the state is donated. The loop never waits for the device between steps:
-each step's metrics stay on the device until the next log (or checkpoint) step, where
-all of them come back in one transfer and are checked in order, so a non-finite loss
-stops the run at that point naming the first bad step and term; a checkpoint is only
-written after every step before it was checked.
+One code path serves a single run and a fused group of ``R`` runs: their states are
+packed (:func:`jkt.train.fused.pack_states`: stacked on a leading run axis, one run's
+state as it is) and updated by one :func:`jkt.train.fused.make_fused_train_step`; each
+run's checkpoint holds its own unstacked state. The step is jitted once with the states
+replicated and the batch split over the mesh's ``"data"`` axis; the states are donated.
+The loop never waits for the device between steps: each step's metrics stay on the
+device until the next log (or checkpoint) step, where all of them come back in one
+transfer and are checked in order, so a non-finite loss stops the run at that point
+naming the first bad step and term; a checkpoint is only written after every step
+before it was checked.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from jkt.train import fused
 from jkt.train.objective import TERMS, Objective
 from jkt.train.optim import CIFAR_RECIPE, OptimConfig, make_optimizer
 from jkt.train.state import TrainState, create_train_state
-from jkt.train.step import make_eval_step, make_train_step
+from jkt.train.step import make_eval_step
 
 RESULT_FILE = "result.json"
 
@@ -138,7 +142,9 @@ def train_and_evaluate(
     """Trains a student on ``train`` and reports accuracy on each of ``eval_splits``.
 
     Resumes from ``workdir/checkpoints`` if a checkpoint exists; returns the stored
-    result at once if ``workdir/result.json`` says the run already finished.
+    result at once if ``workdir/result.json`` says the run already finished. The run is
+    a fused run of one (:func:`train_and_evaluate_fused`'s loop with ``R = 1``), which
+    compiles exactly :func:`jkt.train.step.make_train_step`'s program.
 
     Args:
       cfg: the run's configuration.
@@ -158,7 +164,7 @@ def train_and_evaluate(
         return RunResult(**json.loads(result_path.read_text()))
     return _train_runs([cfg], train, eval_splits, num_classes=num_classes, mean=mean, std=std,
                        workdirs=[workdir], teacher=teacher, mesh=mesh,
-                       init_variables=init_variables, descs=[desc], fusion_mode=None)[0]
+                       init_variables=init_variables, descs=[desc], mode="unroll")[0]
 
 
 def train_and_evaluate_fused(
@@ -196,14 +202,7 @@ def train_and_evaluate_fused(
         raise ValueError(f"need one workdir per config, got {len(cfgs)} configs and "
                          f"{len(workdirs)} workdirs")
     descs = list(descs) if descs is not None else [""] * len(cfgs)
-    for c in cfgs[1:]:
-        diff = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "objective"
-                and getattr(c, f.name) != getattr(cfgs[0], f.name)]
-        if diff:
-            raise ValueError(f"fused runs may differ only in their objective, not in {diff}")
-    fused.union_objective([c.objective for c in cfgs])  # structure check, before any work
-    if mode not in fused.FUSION_MODES:
-        raise ValueError(f"unknown fusion mode {mode!r}; valid: {fused.FUSION_MODES}")
+    _check_fusable(cfgs, mode)
     workdirs = [Path(w) for w in workdirs]
     results: list[RunResult | None] = [
         RunResult(**json.loads((w / RESULT_FILE).read_text())) if (w / RESULT_FILE).exists()
@@ -221,157 +220,241 @@ def train_and_evaluate_fused(
     elif todo:
         done = _train_runs([cfgs[i] for i in todo], train, eval_splits,
                            workdirs=[workdirs[i] for i in todo], descs=[descs[i] for i in todo],
-                           init_variables=None, fusion_mode=mode, **common)
+                           init_variables=None, mode=mode, **common)
         for i, r in zip(todo, done, strict=True):
             results[i] = r
     return results
 
 
+def _check_fusable(cfgs: list[TrainConfig], mode: str) -> None:
+    """Raises before any work unless ``cfgs`` differ only in their objectives' weights."""
+    for c in cfgs[1:]:
+        diff = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "objective"
+                and getattr(c, f.name) != getattr(cfgs[0], f.name)]
+        if diff:
+            raise ValueError(f"fused runs may differ only in their objective, not in {diff}")
+    fused.union_objective([c.objective for c in cfgs])
+    if mode not in fused.FUSION_MODES:
+        raise ValueError(f"unknown fusion mode {mode!r}; valid: {fused.FUSION_MODES}")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Runs:
+    """What ``R`` runs sharing one batch stream have in common, and each run's own parts."""
+
+    cfg: TrainConfig  # the shared fields (every run's config but its objective)
+    objectives: list[Objective]
+    workdirs: list[Path]
+    descs: list[str]
+    mesh: Any
+    model: Any
+    stream: BatchStream
+    n_steps: int
+    data_meta: dict
+
+    @property
+    def size(self) -> int:
+        return len(self.objectives)
+
+
 def _train_runs(cfgs, train, eval_splits, *, num_classes, mean, std, workdirs, teacher, mesh,
-                init_variables, descs, fusion_mode) -> list[RunResult]:
-    """The training loop of one run (``fusion_mode=None``) or of fused runs."""
-    cfg = cfgs[0]
-    for w in workdirs:
-        w.mkdir(parents=True, exist_ok=True)
-    mesh = parallel.make_mesh() if mesh is None else mesh
-    bs = cfg.optim.batch_size
-    parallel.check_batch_size(bs, mesh)
-    parallel.check_batch_size(cfg.eval_batch_size, mesh)
-
-    image_shape = tuple(train.images.shape[1:])
-    model = create_model(cfg.model, num_classes, **cfg.model_options)
-    stream = BatchStream(len(train), bs, seed=cfg.seed)
-    n_steps = total_steps(cfg, len(train))
-    tx = make_optimizer(cfg.optim, stream.steps_per_epoch, n_steps)
-    state = create_train_state(model, tx, jax.random.key(cfg.seed), image_shape, mesh,
-                               init_variables=init_variables)
-    objectives = [c.objective for c in cfgs]
-    union = fused.union_objective(objectives)
-
-    teacher_model = teacher_vars = None
-    t_mean = t_std = None
-    if union.needs_teacher:
-        if teacher is None:
-            raise ValueError("the objective matches a teacher, but no teacher was given")
-        teacher_model = teacher.model
-        teacher_vars = jax.device_put(teacher.variables, parallel.replicated(mesh))
-        t_mean, t_std = teacher.meta.mean, teacher.meta.std
-        if tuple(teacher.meta.input_size) != image_shape:
-            raise ValueError(f"teacher expects inputs {tuple(teacher.meta.input_size)}, "
-                             f"the data has {image_shape}")
-
-    kw = dict(mean=mean, std=std, augment=cfg.augment, teacher_model=teacher_model,
-              teacher_mean=t_mean, teacher_std=t_std)
-    rep = parallel.replicated(mesh)
-    data_meta = {"num_examples": len(train), "batch_size": bs, "seed": cfg.seed,
-                 "total_steps": n_steps}
-    ckpts = [TrainCheckpointer(w / "checkpoints", max_to_keep=2) for w in workdirs]
-    start, resumed_from = 0, None
-    if ckpts[0].latest_step() is not None:
-        states = []
-        for w, ckpt in zip(workdirs, ckpts, strict=True):
-            restored, meta = ckpt.restore(state)
-            stored = {k: meta.get(k) for k in data_meta}
-            if stored != data_meta:
-                raise ValueError(f"checkpoint in {w} was written for {stored}, this run is "
-                                 f"{data_meta}; use another workdir or delete it")
-            states.append(restored)
-        start = resumed_from = int(jax.device_get(states[0].step))
-    else:
-        states = [state] * len(cfgs)
-
-    if fusion_mode is None:
-        step_fn = make_train_step(model, cfg.objective, **kw)
-        state = states[0]
-        run_state = lambda st, r: st  # noqa: E731
-        split = lambda m: [m]  # noqa: E731
-    else:
-        step_fn = fused.make_fused_train_step(model, objectives, mode=fusion_mode, **kw)
-        state = jax.device_put(fused.stack_states(states), rep)
-        run_state = fused.unstack_state
-        split = lambda m: [{k: v[r] for k, v in m.items()} for r in range(len(cfgs))]  # noqa: E731
+                init_variables, descs, mode) -> list[RunResult]:
+    """The training loop of ``R >= 1`` runs, packed and updated by one fused step: restore
+    or init, train (checkpointing), evaluate and write results."""
+    runs = _plan(cfgs, train, num_classes, workdirs, descs, mesh)
+    teacher_kw, teacher_vars = _teacher_inputs(runs, teacher, train)
+    tx = make_optimizer(runs.cfg.optim, runs.stream.steps_per_epoch, runs.n_steps)
+    ckpts = [TrainCheckpointer(w / "checkpoints", max_to_keep=2) for w in runs.workdirs]
+    rep = parallel.replicated(runs.mesh)
+    step_fn = fused.make_fused_train_step(runs.model, runs.objectives, mean=mean, std=std,
+                                          augment=runs.cfg.augment, mode=mode, **teacher_kw)
     train_step = jax.jit(step_fn, donate_argnums=0, out_shardings=(rep, rep))
-    # Each run reports (and checks) its own terms; fused runs compute the union.
-    keep = [set(_active_terms(o)) | {"loss", "accuracy", "agreement"} for o in objectives]
-
-    def per_run(metrics) -> list[dict[str, float]]:
-        return [{k: float(v) for k, v in m.items() if k in kp} for m, kp in zip(
-            split(metrics), keep, strict=True)]
-
-    def check(runs_metrics, step):
-        for m, d in zip(runs_metrics, descs, strict=True):
-            try:
-                _check_finite(m, step)
-            except NonFiniteLossError as e:
-                raise NonFiniteLossError(f"{d}: {e}" if len(cfgs) > 1 and d else str(e)) from e
-
     t0 = time.time()
-    history = [(w / "metrics.jsonl").open("a") for w in workdirs]
-    label = descs[0] if len(cfgs) == 1 else f"{len(cfgs)} fused runs: {', '.join(descs)}"
-    bar = tqdm(total=n_steps, initial=start, desc=label or "train", leave=False,
-               dynamic_ncols=True, disable=not cfg.progress)
-    window: list[list[dict]] = []
-    last: list[dict[str, float]] = [{} for _ in cfgs]  # metrics of the final step
-    pending: list[tuple[int, Any]] = []  # (step, device metrics) not yet fetched
-
-    def fetch_pending():
-        """One device->host transfer for every step since the last fetch; checks each
-        step's loss terms in order (naming the first bad step) and adds them to the
-        logging window."""
-        if pending:
-            for (step, _), host in zip(pending, jax.device_get([m for _, m in pending]),
-                                       strict=True):
-                host = per_run(host)
-                check(host, step)
-                window.append(host)
-            pending.clear()
-
     try:
-        for step in range(start, n_steps):
-            batch = make_batch(train, stream.indices(step), mesh)
-            state, metrics = train_step(state, batch, teacher_vars)
-            pending.append((step, metrics))
-            done = step + 1
-            if done % cfg.log_every == 0 or done == n_steps:
-                fetch_pending()
-                last = window[-1]
-                for r, f in enumerate(history):
-                    rows = [w[r] for w in window]
-                    means = {k: float(np.mean([m[k] for m in rows])) for k in rows[0]}
-                    f.write(json.dumps({"step": done, "epoch": stream.epoch(done), **means})
-                            + "\n")
-                    f.flush()
-                    if r == 0:
-                        bar.set_postfix({k: f"{v:.3g}" for k, v in means.items()},
-                                        refresh=False)
-                window = []
-            bar.update(1)
-            if done % cfg.checkpoint_every == 0 and done < n_steps:
-                fetch_pending()  # never checkpoint a state whose loss is unchecked
-                for r, ckpt in enumerate(ckpts):
-                    ckpt.save(done, run_state(state, r), data_meta)
-        fetch_pending()
-        for r, ckpt in enumerate(ckpts):
-            ckpt.save(n_steps, run_state(state, r), data_meta, force=True)
+        states, resumed_from = _restore_or_init(runs, ckpts, tx, train, init_variables)
+        start = 0 if resumed_from is None else resumed_from
+        with _MetricLog(runs, start) as log:
+            states = _train_steps(runs, train_step, states, train, teacher_vars, ckpts, log,
+                                  start)
         for ckpt in ckpts:
             ckpt.wait()
     except BaseException:
         for ckpt in ckpts:
             ckpt.close()  # finish pending async saves before the error propagates
         raise
-    finally:
-        for f in history:
-            f.close()
-        bar.close()
+    return _evaluate_and_write(runs, states, eval_splits, ckpts, log.last, mean=mean, std=std,
+                               t0=t0, resumed_from=resumed_from)
 
-    eval_fn = jax.jit(make_eval_step(model, mean=mean, std=std))
+
+def _plan(cfgs, train: Split, num_classes: int, workdirs, descs, mesh) -> _Runs:
+    cfg = cfgs[0]
+    for w in workdirs:
+        w.mkdir(parents=True, exist_ok=True)
+    mesh = parallel.make_mesh() if mesh is None else mesh
+    parallel.check_batch_size(cfg.optim.batch_size, mesh)
+    parallel.check_batch_size(cfg.eval_batch_size, mesh)
+    stream = BatchStream(len(train), cfg.optim.batch_size, seed=cfg.seed)
+    n_steps = total_steps(cfg, len(train))
+    data_meta = {"num_examples": len(train), "batch_size": cfg.optim.batch_size,
+                 "seed": cfg.seed, "total_steps": n_steps}
+    return _Runs(cfg=cfg, objectives=[c.objective for c in cfgs], workdirs=list(workdirs),
+                 descs=list(descs), mesh=mesh,
+                 model=create_model(cfg.model, num_classes, **cfg.model_options),
+                 stream=stream, n_steps=n_steps, data_meta=data_meta)
+
+
+def _teacher_inputs(runs: _Runs, teacher, train: Split) -> tuple[dict, Any]:
+    """The step builder's teacher arguments and the replicated teacher variables (both
+    empty / ``None`` when no run matches a teacher)."""
+    if not fused.union_objective(runs.objectives).needs_teacher:
+        return {}, None
+    if teacher is None:
+        raise ValueError("the objective matches a teacher, but no teacher was given")
+    image_shape = tuple(train.images.shape[1:])
+    if tuple(teacher.meta.input_size) != image_shape:
+        raise ValueError(f"teacher expects inputs {tuple(teacher.meta.input_size)}, "
+                         f"the data has {image_shape}")
+    kw = dict(teacher_model=teacher.model, teacher_mean=teacher.meta.mean,
+              teacher_std=teacher.meta.std)
+    return kw, jax.device_put(teacher.variables, parallel.replicated(runs.mesh))
+
+
+def _restore_or_init(runs: _Runs, ckpts, tx, train: Split,
+                     init_variables) -> tuple[TrainState, int | None]:
+    """The packed (:func:`jkt.train.fused.pack_states`), replicated states of the runs:
+    each run's latest checkpoint (checked against this run's data), or the fresh state of
+    ``cfg.seed`` for all of them.
+    Returns ``(states, step resumed from or None)``."""
+    image_shape = tuple(train.images.shape[1:])
+    state = create_train_state(runs.model, tx, jax.random.key(runs.cfg.seed), image_shape,
+                               runs.mesh, init_variables=init_variables)
+    resumed_from = None
+    states = [state] * runs.size
+    if ckpts[0].latest_step() is not None:
+        states = [_restore(ckpt, w, state, runs.data_meta)
+                  for w, ckpt in zip(runs.workdirs, ckpts, strict=True)]
+        resumed_from = int(jax.device_get(states[0].step))
+    packed = fused.pack_states(states)
+    return jax.device_put(packed, parallel.replicated(runs.mesh)), resumed_from
+
+
+def _restore(ckpt: TrainCheckpointer, workdir: Path, target: TrainState,
+             data_meta: dict) -> TrainState:
+    restored, meta = ckpt.restore(target)
+    stored = {k: meta.get(k) for k in data_meta}
+    if stored != data_meta:
+        raise ValueError(f"checkpoint in {workdir} was written for {stored}, this run is "
+                         f"{data_meta}; use another workdir or delete it")
+    return restored
+
+
+def _train_steps(runs: _Runs, train_step, states, train: Split, teacher_vars, ckpts,
+                 log: _MetricLog, start: int):
+    """Steps ``start .. n_steps - 1``; logs every ``log_every`` steps, checkpoints every
+    ``checkpoint_every`` steps and at the end, each only after the steps before it were
+    checked for non-finite losses. Returns the final packed states."""
+    cfg, n_steps = runs.cfg, runs.n_steps
+    for step in range(start, n_steps):
+        batch = make_batch(train, runs.stream.indices(step), runs.mesh)
+        states, metrics = train_step(states, batch, teacher_vars)
+        log.add(step, metrics)
+        done = step + 1
+        if done % cfg.log_every == 0 or done == n_steps:
+            log.write(done)
+        log.advance()
+        if done % cfg.checkpoint_every == 0 and done < n_steps:
+            log.fetch()  # never checkpoint a state whose loss is unchecked
+            _save(ckpts, done, states, runs.data_meta)
+    log.fetch()
+    _save(ckpts, n_steps, states, runs.data_meta, force=True)
+    return states
+
+
+def _save(ckpts, step: int, states: TrainState, data_meta: dict, force: bool = False) -> None:
+    """Each run's own (unstacked) state to its own checkpoint directory."""
+    for r, ckpt in enumerate(ckpts):
+        ckpt.save(step, fused.unpack_state(states, r, len(ckpts)), data_meta, force=force)
+
+
+class _MetricLog:
+    """Per-run metrics: kept on the device until a log or checkpoint step, then fetched in
+    one transfer, checked in step order (naming the first non-finite step and term),
+    averaged over the log window into each run's ``metrics.jsonl`` and the progress bar.
+    Each run reports its own active terms (a fused step computes the union's)."""
+
+    def __init__(self, runs: _Runs, start: int):
+        self.runs = runs
+        self.keep = [set(_active_terms(o)) | {"loss", "accuracy", "agreement"}
+                     for o in runs.objectives]
+        self.pending: list[tuple[int, Any]] = []  # (step, device metrics) not yet fetched
+        self.window: list[list[dict[str, float]]] = []  # fetched, not yet written
+        self.last: list[dict[str, float]] = [{} for _ in runs.objectives]  # final step's
+        self.files = [(w / "metrics.jsonl").open("a") for w in runs.workdirs]
+        label = (runs.descs[0] if runs.size == 1
+                 else f"{runs.size} fused runs: {', '.join(runs.descs)}")
+        self.bar = tqdm(total=runs.n_steps, initial=start, desc=label or "train", leave=False,
+                        dynamic_ncols=True, disable=not runs.cfg.progress)
+
+    def add(self, step: int, metrics) -> None:
+        self.pending.append((step, metrics))
+
+    def advance(self) -> None:
+        self.bar.update(1)
+
+    def fetch(self) -> None:
+        """One device->host transfer for every step since the last fetch."""
+        if not self.pending:
+            return
+        hosts = jax.device_get([m for _, m in self.pending])
+        for (step, _), host in zip(self.pending, hosts, strict=True):
+            per_run = [{k: float(v[r]) for k, v in host.items() if k in keep}
+                       for r, keep in enumerate(self.keep)]
+            self._check(per_run, step)
+            self.window.append(per_run)
+        self.pending.clear()
+
+    def _check(self, per_run: list[dict[str, float]], step: int) -> None:
+        for m, desc in zip(per_run, self.runs.descs, strict=True):
+            try:
+                _check_finite(m, step)
+            except NonFiniteLossError as e:
+                prefix = f"{desc}: " if self.runs.size > 1 and desc else ""
+                raise NonFiniteLossError(f"{prefix}{e}") from e
+
+    def write(self, done: int) -> None:
+        """Fetches, then appends each run's window means as one ``metrics.jsonl`` line."""
+        self.fetch()
+        self.last = self.window[-1]
+        for r, f in enumerate(self.files):
+            rows = [w[r] for w in self.window]
+            means = {k: float(np.mean([m[k] for m in rows])) for k in rows[0]}
+            f.write(json.dumps({"step": done, "epoch": self.runs.stream.epoch(done), **means})
+                    + "\n")
+            f.flush()
+            if r == 0:
+                self.bar.set_postfix({k: f"{v:.3g}" for k, v in means.items()}, refresh=False)
+        self.window = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for f in self.files:
+            f.close()
+        self.bar.close()
+
+
+def _evaluate_and_write(runs: _Runs, states, eval_splits, ckpts, last, *, mean, std, t0,
+                        resumed_from) -> list[RunResult]:
+    """Each run's accuracy on ``eval_splits``, written atomically to its ``result.json``."""
+    eval_fn = jax.jit(make_eval_step(runs.model, mean=mean, std=std))
     results = []
-    for r, (w, ckpt) in enumerate(zip(workdirs, ckpts, strict=True)):
-        st = run_state(state, r)
+    for r, (w, ckpt) in enumerate(zip(runs.workdirs, ckpts, strict=True)):
+        st = fused.unpack_state(states, r, runs.size)
         variables = {"params": st.params, "batch_stats": st.batch_stats}
-        accuracy = {name: evaluate(eval_fn, variables, sp, mesh, cfg.eval_batch_size)
+        accuracy = {name: evaluate(eval_fn, variables, sp, runs.mesh, runs.cfg.eval_batch_size)
                     for name, sp in eval_splits.items()}
-        result = RunResult(accuracy=accuracy, final_metrics=last[r], steps=n_steps,
+        result = RunResult(accuracy=accuracy, final_metrics=last[r], steps=runs.n_steps,
                            wall_time=time.time() - t0, resumed_from=resumed_from)
         ckpt.close()
         tmp = (w / RESULT_FILE).with_suffix(".tmp")

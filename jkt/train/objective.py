@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -94,33 +95,6 @@ class Objective:
         return tuple(dict.fromkeys(taps))
 
 
-# Named methods of Tables 1-3 (app. 10.2 weights; MIT runs scale all weights by 10).
-METHODS: dict[str, Objective] = {
-    "ce": Objective(ce=1),
-    "ce+act": Objective(ce=1, act=1),
-    "ce+jac": Objective(ce=1, jac=1),
-    "ce+act+jac": Objective(ce=1, act=1, jac=1),
-    "act": Objective(ce=0, act=1),
-    "act+jac": Objective(ce=0, act=1, jac=1),
-}
-TABLE1_METHODS = tuple(METHODS)
-METHOD_LABELS = {
-    "ce": "Cross-Entropy (CE) training",
-    "ce+act": "CE + match activations",
-    "ce+jac": "CE + match Jacobians",
-    "ce+act+jac": "CE + match {activations + Jacobians}",
-    "act": "Match activations only",
-    "act+jac": "Match {activations + Jacobians}",
-}
-
-
-def method_objective(name: str, **overrides) -> Objective:
-    """The :class:`Objective` of a named method, with field overrides (e.g. ``estimator``)."""
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(METHODS)}")
-    return dataclasses.replace(METHODS[name], **overrides)
-
-
 def _split_heads(out):
     """(target logits, logits matched against the teacher) of a model output."""
     if isinstance(out, dict):
@@ -128,8 +102,180 @@ def _split_heads(out):
     return out, out
 
 
-def _zeros_like(tree):
-    return jax.tree.map(jnp.zeros_like, tree)
+class _Net(NamedTuple):
+    """One network evaluated at the batch ``x`` (B, *D).
+
+    Attributes:
+      logits: ``(B, K)`` outputs matched against the other network (the student's source
+        head for a two-head student).
+      target: ``(B, K_target)`` outputs scored against the labels (the teacher: ``logits``).
+      features: ``{tap: (B, H, W, C)}``.
+      pooled: ``(B, H', W')`` pooled attention map at the ``att_jac`` tap, or ``None``.
+      pulls: ``{"logits", "pooled": cotangent -> (B, *D) input gradient}`` sharing this
+        network's forward pass; ``None`` when no Jacobian is taken.
+      logits_fn: ``z -> logits`` (for forward-mode probes).
+      aux: passed through from ``student_fn`` (e.g. new batch statistics).
+    """
+
+    logits: jax.Array
+    target: jax.Array
+    features: dict
+    pooled: jax.Array | None
+    pulls: dict | None
+    logits_fn: Callable
+    aux: Any = None
+
+
+def _evaluate(forward: Callable, x: jax.Array, differentiate: bool) -> _Net:
+    """Runs ``forward: z -> ({"logits"[, "pooled"]}, (target, features, aux))`` once at
+    ``x``, keeping its pullbacks if ``differentiate``."""
+    if differentiate:
+        outs, pull, (target, features, aux) = jj.pullback(forward, x, has_aux=True)
+        pulls = jj.output_pullbacks(outs, pull)
+    else:
+        (outs, (target, features, aux)), pulls = forward(x), None
+    return _Net(outs["logits"], target, features, outs.get("pooled"), pulls,
+                lambda z: forward(z)[0]["logits"], aux)
+
+
+def _pooled(features: jax.Array, fraction: float | None) -> jax.Array:
+    return jj.pooled_attention(features, jj.pooling_window(features.shape[1:3], fraction))
+
+
+def _student_forward(o: Objective, student_fn: Callable) -> Callable:
+    def forward(z):
+        (out, features), aux = student_fn(z)
+        target, match = _split_heads(out)
+        outs = {"logits": match}
+        if o.att_jac > 0:
+            outs["pooled"] = _pooled(features[o.att_jac_pair[0]], o.pool_fraction)
+        return outs, (target, features, aux)
+
+    return forward
+
+
+def _teacher_forward(o: Objective, teacher_fn: Callable, student: _Net) -> Callable:
+    def forward(z):
+        logits, features = teacher_fn(z)
+        outs = {"logits": logits}
+        if o.att_jac > 0:
+            s_tap, t_tap = o.att_jac_pair
+            jj.check_same_spatial(student.features[s_tap].shape, features[t_tap].shape)
+            outs["pooled"] = _pooled(features[t_tap], o.pool_fraction)
+        return outs, (logits, features, None)
+
+    return forward
+
+
+def _frozen(net: _Net) -> _Net:
+    """The teacher's outputs behind ``stop_gradient`` (its Jacobian rows are stopped where
+    they are taken: a stopped ``logits_fn`` would have a zero forward-mode derivative)."""
+    return net._replace(logits=jax.lax.stop_gradient(net.logits),
+                        features=jax.lax.stop_gradient(net.features),
+                        pooled=jax.lax.stop_gradient(net.pooled))
+
+
+def _networks(o: Objective, student_fn, teacher_fn, x) -> tuple[_Net, _Net | None]:
+    """The student and (if the objective matches one) the frozen teacher at ``x``, each
+    differentiated once if any of its Jacobians is needed."""
+    if o.needs_teacher and teacher_fn is None:
+        raise ValueError("this objective matches a teacher, but no teacher was given")
+    reverse = o.estimator != "jvp"
+    s = _evaluate(_student_forward(o, student_fn), x,
+                  ((o.jac > 0 or o.jac_norm > 0) and reverse) or o.att_jac > 0)
+    if teacher_fn is None or not o.needs_teacher:
+        return s, None
+    t = _frozen(_evaluate(_teacher_forward(o, teacher_fn, s), x,
+                          (o.jac > 0 and reverse) or o.att_jac > 0))
+    if s.logits.shape != t.logits.shape:
+        raise ValueError(
+            f"student outputs matched against the teacher have shape {s.logits.shape}, "
+            f"teacher logits {t.logits.shape}: for a different label space use a two-head "
+            "student (source_classes=teacher classes)")
+    return s, t
+
+
+# Jacobian estimators: estimator -> (probe of the batch) -> (network -> its Jacobian rows).
+# Student and teacher rows come from the same probe, so their difference estimates
+# prop. 1's Σ_i ‖∇_x T^i - ∇_x S^i‖² (all i for random, rademacher, jvp and full).
+
+
+def _one_row(mode: str) -> Callable:
+    """One reverse pass with the output-space cotangent ``v`` of ``mode``: rows ``Jᵀv``
+    of shape ``(B, *D)``."""
+
+    def rows_of(ref_logits, labels, key, x):
+        v = jj.select_cotangent(ref_logits, mode, labels=labels, key=key)
+        return lambda net: net.pulls["logits"](v)
+
+    return rows_of
+
+
+def _forward_row(ref_logits, labels, key, x):
+    """One forward-mode pass with the input-space probe ``u ~ N(0, I_D)``: ``J u`` (B, K)."""
+    u = jj.input_tangent(key, x)
+    return lambda net: jj.jvp_input(net.logits_fn, x, u)[1]
+
+
+def _all_rows(ref_logits, labels, key, x):
+    """K reverse passes: the full Jacobian ``(B, K, *D)``."""
+    return lambda net: jj.jacobian_rows(net.pulls["logits"], net.logits)
+
+
+ESTIMATOR_ROWS: dict[str, Callable] = {
+    **{mode: _one_row(mode) for mode in jj.COTANGENT_MODES},
+    "jvp": _forward_row,
+    "full": _all_rows,
+}
+assert tuple(ESTIMATOR_ROWS) == ESTIMATORS
+
+
+def _output_terms(o: Objective, s: _Net, t: _Net | None, labels) -> dict:
+    terms = {}
+    if o.ce > 0:
+        terms["ce"] = losses.cross_entropy(s.target, labels)
+    if o.act > 0:
+        terms["act"] = losses.match_activations(s.logits, t.logits)
+    return terms
+
+
+def _jacobian_terms(o: Objective, s: _Net, t: _Net | None, x, labels, key) -> dict:
+    """``jac`` (prop. 1, or eq. 10 with ``normalize``) and ``jac_norm`` (prop. 2)."""
+    if not (o.jac > 0 or o.jac_norm > 0):
+        return {}
+    if o.estimator == "label" and t is not None and t.logits.shape[1] != s.target.shape[1]:
+        raise ValueError("the 'label' estimator needs student and teacher in the label "
+                         "space of the labels; use 'top' for transfer (two-head) runs")
+    ref_logits = t.logits if t is not None else s.logits
+    rows = ESTIMATOR_ROWS[o.estimator](ref_logits, labels, key, x)
+    s_rows = rows(s)
+    terms = {}
+    if o.jac > 0:
+        t_rows = jax.lax.stop_gradient(rows(t))
+        terms["jac"] = losses.match_jacobians(s_rows, t_rows, normalize=o.normalize)
+    if o.jac_norm > 0:
+        terms["jac_norm"] = losses.jacobian_norm(s_rows)
+    return terms
+
+
+def _attention_terms(o: Objective, s: _Net, t: _Net | None) -> dict:
+    """``att`` (eq. 9, summed over the pairs) and ``att_jac`` (eq. 10 on the input
+    gradients of the teacher's arg-max pooled-attention pixel, §5.2.1)."""
+    terms = {}
+    if o.att > 0:
+        att = 0.0
+        for s_tap, t_tap in o.att_pairs:
+            jj.check_same_spatial(s.features[s_tap].shape, t.features[t_tap].shape)
+            att = att + losses.match_attention(
+                losses.attention_map(s.features[s_tap]), losses.attention_map(t.features[t_tap]),
+                o.att_variant)
+        terms["att"] = att
+    if o.att_jac > 0:
+        pixel = jj.argmax_pixel(t.pooled)
+        t_grad = jax.lax.stop_gradient(t.pulls["pooled"](pixel))
+        terms["att_jac"] = losses.match_jacobians(s.pulls["pooled"](pixel), t_grad,
+                                                  normalize=True)
+    return terms
 
 
 def compose_losses(
@@ -142,6 +288,9 @@ def compose_losses(
     weights=None,
 ):
     """Evaluates every weighted term of ``objective`` on one batch.
+
+    Each network runs forward once; every Jacobian of it (estimator rows, the attention
+    pixel's gradient) is a pullback of that pass (:func:`jkt.jacobian.pullback`).
 
     Args:
       objective: weights and options.
@@ -163,123 +312,13 @@ def compose_losses(
       student-teacher top-1 agreement; ``aux`` from ``student_fn``.
     """
     o = objective
-    if o.needs_teacher and teacher_fn is None:
-        raise ValueError("this objective matches a teacher, but no teacher was given")
-    need_s_grad = ((o.jac > 0 or o.jac_norm > 0) and o.estimator != "jvp") or o.att_jac > 0
-    need_t_grad = (o.jac > 0 and o.estimator != "jvp") or o.att_jac > 0
-
-    if o.att_jac > 0:
-        s_tap, t_tap = o.att_jac_pair
-
-    def s_out(z):
-        (out, feats), aux = student_fn(z)
-        extra = {}
-        if o.att_jac > 0:
-            window = jj.pooling_window(feats[s_tap].shape[1:3], o.pool_fraction)
-            extra["pooled"] = jj.pooled_attention(feats[s_tap], window)
-        return (out, feats, extra), aux
-
-    if need_s_grad:
-        s_primal, s_pull, aux = jax.vjp(s_out, x, has_aux=True)
-    else:
-        s_primal, aux = s_out(x)
-    out, s_feats, s_extra = s_primal
-    target_logits, match_logits = _split_heads(out)
-
-    t_logits = t_feats = None
-    t_pull = None
-    if teacher_fn is not None and o.needs_teacher:
-        def t_out(z):
-            logits, feats = teacher_fn(z)
-            extra = {}
-            if o.att_jac > 0:
-                jj.check_same_spatial(s_feats[s_tap].shape, feats[t_tap].shape)
-                window = jj.pooling_window(feats[t_tap].shape[1:3], o.pool_fraction)
-                extra["pooled"] = jj.pooled_attention(feats[t_tap], window)
-            return logits, feats, extra
-
-        if need_t_grad:
-            t_primal, t_pull = jax.vjp(t_out, x)
-        else:
-            t_primal = t_out(x)
-        t_logits, t_feats, t_extra = jax.lax.stop_gradient(t_primal)
-        if match_logits.shape != t_logits.shape:
-            raise ValueError(
-                f"student outputs matched against the teacher have shape {match_logits.shape}, "
-                f"teacher logits {t_logits.shape}: for a different label space use a two-head "
-                "student (source_classes=teacher classes)"
-            )
-
-    def s_vjp(cot_logits=None, cot_pooled=None):
-        cot_out = _zeros_like(out)
-        if cot_logits is not None:
-            if isinstance(out, dict):
-                cot_out = {**cot_out, "source": cot_logits}
-            else:
-                cot_out = cot_logits
-        cot_extra = _zeros_like(s_extra)
-        if cot_pooled is not None:
-            cot_extra = {"pooled": cot_pooled}
-        return s_pull((cot_out, _zeros_like(s_feats), cot_extra))[0]
-
-    def t_vjp(cot_logits=None, cot_pooled=None):
-        cot = (jnp.zeros_like(t_logits) if cot_logits is None else cot_logits,
-               _zeros_like(t_feats), _zeros_like(t_extra))
-        if cot_pooled is not None:
-            cot = (cot[0], cot[1], {"pooled": cot_pooled})
-        return jax.lax.stop_gradient(t_pull(cot)[0])
-
-    terms = {}
-    if o.ce > 0:
-        terms["ce"] = losses.cross_entropy(target_logits, labels)
-    if o.act > 0:
-        terms["act"] = losses.match_activations(match_logits, t_logits)
-
-    if o.jac > 0 or o.jac_norm > 0:
-        ref_logits = t_logits if t_logits is not None else match_logits
-        if o.estimator == "full":
-            basis = jnp.broadcast_to(
-                jnp.eye(match_logits.shape[1], dtype=match_logits.dtype)[:, None],
-                (match_logits.shape[1], *match_logits.shape))
-            s_jac = jnp.swapaxes(jax.vmap(lambda v: s_vjp(v))(basis), 0, 1)
-            t_jac = (jnp.swapaxes(jax.vmap(lambda v: t_vjp(v))(basis), 0, 1)
-                     if o.jac > 0 else None)
-        elif o.estimator == "jvp":
-            u = jj.input_tangent(key, x)
-            s_jac = jax.jvp(lambda z: _split_heads(s_out(z)[0][0])[1], (x,), (u,))[1]
-            t_jac = (jax.lax.stop_gradient(jax.jvp(lambda z: teacher_fn(z)[0], (x,), (u,))[1])
-                     if o.jac > 0 else None)
-        else:
-            if o.estimator == "label" and t_logits is not None and \
-                    t_logits.shape[1] != target_logits.shape[1]:
-                raise ValueError("the 'label' estimator needs student and teacher in the label "
-                                 "space of the labels; use 'top' for transfer (two-head) runs")
-            v = jj.select_cotangent(ref_logits, o.estimator, labels=labels, key=key)
-            s_jac = s_vjp(v)
-            t_jac = t_vjp(v) if o.jac > 0 else None
-        if o.jac > 0:
-            terms["jac"] = losses.match_jacobians(s_jac, t_jac, normalize=o.normalize)
-        if o.jac_norm > 0:
-            terms["jac_norm"] = losses.jacobian_norm(s_jac)
-
-    if o.att > 0:
-        att = 0.0
-        for s_name, t_name in o.att_pairs:
-            jj.check_same_spatial(s_feats[s_name].shape, t_feats[t_name].shape)
-            att = att + losses.match_attention(
-                losses.attention_map(s_feats[s_name]), losses.attention_map(t_feats[t_name]),
-                o.att_variant)
-        terms["att"] = att
-    if o.att_jac > 0:
-        pixel = jj.argmax_pixel(t_extra["pooled"])
-        s_g = s_vjp(cot_pooled=pixel)
-        t_g = t_vjp(cot_pooled=pixel)
-        terms["att_jac"] = losses.match_jacobians(s_g, t_g, normalize=True)
-
+    s, t = _networks(o, student_fn, teacher_fn, x)
+    terms = {**_output_terms(o, s, t, labels), **_jacobian_terms(o, s, t, x, labels, key),
+             **_attention_terms(o, s, t)}
     terms = {k: jnp.mean(v) for k, v in terms.items()}
-    w = {t: getattr(o, t) for t in TERMS} if weights is None else weights
+    w = {term: getattr(o, term) for term in TERMS} if weights is None else weights
     total = sum(w[k] * v for k, v in terms.items())
-    stats = {"accuracy": jnp.mean(jnp.argmax(target_logits, -1) == labels)}
-    if t_logits is not None:
-        stats["agreement"] = jnp.mean(jnp.argmax(match_logits, -1) == jnp.argmax(t_logits, -1))
-    return total, (terms, stats, aux)
+    stats = {"accuracy": jnp.mean(jnp.argmax(s.target, -1) == labels)}
+    if t is not None:
+        stats["agreement"] = jnp.mean(jnp.argmax(s.logits, -1) == jnp.argmax(t.logits, -1))
+    return total, (terms, stats, s.aux)

@@ -1,0 +1,216 @@
+"""Command lines of typed configs: one generic parser for every experiment.
+
+An experiment's command line is its config file (``get_config(preset)``, see
+:func:`jkt.config.load_config_file`) plus overrides, applied in command-line order:
+
+* ``--config=experiments/configs/distill.py:paper`` picks the starting config
+  (``--preset paper`` is the short form for the experiment's own config file);
+* ``--config.FIELD.PATH=VALUE`` sets any field (``--config.optim.learning_rate=3e-3``);
+* short flags (:class:`Flag`) are named aliases of one or more field paths
+  (``--lr`` -> ``optim.learning_rate``, ``--width-multiplier`` -> both networks' widths).
+
+Every flag therefore changes the resolved config and nothing else; the experiment saves
+that config in its work directory. Usage errors (unknown flag or field, bad value, a
+config's own validation) print one line and exit with status 2 (``argparse``'s
+convention).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import Any
+
+from jkt import config as config_lib
+
+SET = "--set"  # internal: --config.PATH=VALUE is rewritten to --set PATH=VALUE
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """A short command-line alias of config fields.
+
+    Attributes:
+      name: the flag, e.g. ``"--lr"``.
+      paths: dotted config paths it sets (all to the same value).
+      help: help text.
+      const: for a flag that takes no value (``--normalize``, ``--no-progress``): the
+        value it sets.
+      metavar: placeholder shown in ``--help``.
+    """
+
+    name: str
+    paths: tuple[str, ...]
+    help: str = ""
+    const: Any = None
+    metavar: str | None = None
+
+    def __post_init__(self):
+        if isinstance(self.paths, str):
+            object.__setattr__(self, "paths", (self.paths,))
+
+
+def optim_flags(prefix: str = "", path: str = "optim", who: str = "student") -> tuple[Flag, ...]:
+    """``--[prefix]epochs/batch-size/lr/optimizer`` for the :class:`OptimConfig` at ``path``."""
+    return (
+        Flag(f"--{prefix}epochs", f"{path}.epochs", f"{who} epochs"),
+        Flag(f"--{prefix}batch-size", f"{path}.batch_size", f"{who} global batch size"),
+        Flag(f"--{prefix}lr", f"{path}.learning_rate", f"{who} initial learning rate"),
+        Flag(f"--{prefix}optimizer", f"{path}.name", f"{who} optimiser: adam | sgd"),
+    )
+
+
+def data_flags(path: str = "data") -> tuple[Flag, ...]:
+    """``--dataset``, ``--data-dir``, ``--image-size``, ``--val-fraction``."""
+    return (
+        Flag("--dataset", f"{path}.name",
+             "digits | cifar10 | cifar100 | folder:PATH (folder or .zip/.tar.xz)"),
+        Flag("--data-dir", f"{path}.data_dir", "tfds data directory (cifar10/cifar100)"),
+        Flag("--image-size", f"{path}.image_size", "side of the square input images"),
+        Flag("--val-fraction", f"{path}.val_fraction",
+             "fraction of the train split held out for validation"),
+    )
+
+
+class _Override(argparse.Action):
+    """Appends ``(paths, value)`` to ``namespace.overrides`` in command-line order."""
+
+    def __init__(self, option_strings, dest, paths=(), const=None, **kwargs):
+        self.paths = paths
+        super().__init__(option_strings, dest, const=const, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        value = self.const if self.nargs == 0 else values
+        if self.dest == "set":
+            path, eq, value = values.partition("=")
+            if not eq:
+                parser.error(f"--config.{path} needs a value: --config.{path}=VALUE")
+            paths = (path,)
+        else:
+            paths = self.paths
+        namespace.overrides = [*getattr(namespace, "overrides", []), (paths, value)]
+
+
+class _Parser(argparse.ArgumentParser):
+    """``argparse`` with one-line errors: ``PROG: error: MESSAGE (see --help)``, status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _rewrite(argv: Sequence[str]) -> list[str]:
+    """``--config.a.b=v`` / ``--config.a.b v`` -> ``--set a.b=v`` (``--set a.b`` when the
+    value is missing, which :class:`_Override` reports)."""
+    out, i = [], 0
+    while i < len(argv):
+        tok = argv[i]
+        if tok.startswith("--config."):
+            body = tok[len("--config."):]
+            if "=" not in body and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                i += 1
+                body = f"{body}={argv[i]}"
+            out += [SET, body]
+        else:
+            out.append(tok)
+        i += 1
+    return out
+
+
+def _field_listing(cfg) -> str:
+    lines = []
+    for path in config_lib.field_paths(cfg):
+        value = config_lib.get(cfg, path)
+        if isinstance(value, dict):
+            continue
+        lines.append(f"  --config.{path}={_show(value)}")
+    return "\n".join(lines)
+
+
+def _show(value) -> str:
+    if isinstance(value, tuple):
+        return ",".join(map(str, value)) if value else "none"
+    return "none" if value is None else str(value)
+
+
+def build_parser(*, description: str, epilog: str, flags: Sequence[Flag], presets: Sequence[str],
+                 default_preset: str, default_cfg,
+                 preset_flags: dict[str, str] | None = None) -> argparse.ArgumentParser:
+    """The ``argparse`` parser of an experiment (used by :func:`parse`; tests walk its flags)."""
+    listing = _field_listing(default_cfg)
+    p = _Parser(
+        description=description, allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"{epilog.rstrip()}\n\nEvery field of the config can be set with "
+               f"--config.FIELD=VALUE (values of the {default_preset!r} preset shown):\n"
+               f"{listing}\n")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--preset", choices=list(presets), default=None,
+                       help=f"starting configuration (default: {default_preset})")
+    start.add_argument("--config", metavar="FILE.py[:PRESET]", default=None,
+                       help="config file whose get_config(PRESET) gives the starting config")
+    for flag, name in (preset_flags or {}).items():
+        start.add_argument(flag, dest="preset", action="store_const", const=name,
+                           help=f"same as --preset {name}")
+    p.add_argument(SET, dest="set", action=_Override, metavar="PATH=VALUE",
+                   help=argparse.SUPPRESS)
+    for f in flags:
+        kwargs = dict(nargs=0, const=f.const) if f.const is not None else dict(
+            metavar=f.metavar or f.paths[0].rsplit(".", 1)[-1].upper())
+        p.add_argument(f.name, dest=f.name.lstrip("-").replace("-", "_"), action=_Override,
+                       paths=f.paths, help=f.help + (f" [{', '.join(f.paths)}]"), **kwargs)
+    return p
+
+
+def parse(argv: Sequence[str] | None, configs: ModuleType, flags: Sequence[Flag], *,
+          description: str, epilog: str = "", preset_flags: dict[str, str] | None = None):
+    """The resolved config of a command line (see the module docstring).
+
+    ``configs`` is the experiment's config module (a file with ``PRESETS`` and
+    ``get_config(preset)``; ``get_config(None)`` is the default); ``--preset NAME`` means
+    ``--config=<its file>:NAME``. ``preset_flags`` are shorthands (``{"--small":
+    "small"}``). Exits with status 2 and one line on a usage error.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    default_cfg = configs.get_config(None)
+    default = next((k for k, f in configs.PRESETS.items() if f() == default_cfg), "default")
+    p = build_parser(description=description, epilog=epilog, flags=flags,
+                     presets=list(configs.PRESETS), default_preset=default,
+                     default_cfg=default_cfg, preset_flags=preset_flags)
+    ns = p.parse_args(_rewrite(argv))
+    try:
+        if ns.config:
+            cfg = config_lib.load_config_file(ns.config)
+        elif ns.preset:
+            cfg = configs.get_config(ns.preset)
+        else:
+            cfg = default_cfg
+        cfg = config_lib.apply_overrides(cfg, [(path, value) for paths, value in
+                                               getattr(ns, "overrides", []) for path in paths])
+    except config_lib.ConfigError as e:
+        p.error(str(e))
+    return cfg
+
+
+def main(cfg, run_fn: Callable[[Any], Any], errors: tuple[type[BaseException], ...] = ()):
+    """Prepares ``cfg.workdir`` (:func:`jkt.workdir.prepare`: JAX setup, ``config.json``)
+    and returns :func:`run` of ``run_fn``."""
+    from jkt import workdir
+
+    workdir.prepare(cfg)
+    return run(run_fn, cfg, errors)
+
+
+def run(main: Callable[[Any], Any], cfg, errors: tuple[type[BaseException], ...] = ()) -> Any:
+    """Calls ``main(cfg)``; a :class:`ValueError`, :class:`FileNotFoundError` or one of
+    ``errors`` becomes one ``error: ...`` line on stderr and exit status 2."""
+    try:
+        return main(cfg)
+    except (ValueError, FileNotFoundError, *errors) as e:
+        print(f"error: {str(e).replace(chr(10), ' ')}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+__all__ = ["Flag", "build_parser", "data_flags", "main", "optim_flags", "parse", "run"]

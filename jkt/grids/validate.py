@@ -1,0 +1,52 @@
+"""Checks shared by the experiment configs: each raises ``ValueError`` with one line,
+from a config's ``__post_init__``, before any data is read or any network trained."""
+
+from __future__ import annotations
+
+from jkt import models
+
+
+def check_names(field: str, names, valid) -> None:
+    if not names:
+        raise ValueError(f"{field} is empty; valid: {', '.join(valid)}")
+    bad = [m for m in names if m not in valid]
+    if bad:
+        raise ValueError(f"unknown {field} {', '.join(map(str, bad))}; valid: {', '.join(valid)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{field} lists an entry twice: {', '.join(map(str, names))}")
+
+
+def check_points_per_class(field: str, ns) -> None:
+    if not ns or any(not ((isinstance(n, int) and n > 0) or n == "full") for n in ns):
+        raise ValueError(f"{field} takes positive integers or 'full', got "
+                         f"{','.join(map(str, ns)) or 'nothing'}")
+    if len(set(ns)) != len(ns):
+        raise ValueError(f"{field} lists an entry twice: {','.join(map(str, ns))}")
+
+
+def check_seeds(seeds) -> None:
+    if not seeds:
+        raise ValueError("seeds is empty")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds lists a seed twice: {','.join(map(str, seeds))}")
+
+
+def check_model(name: str, options: dict, who: str) -> None:
+    if name not in models.MODELS:
+        raise ValueError(f"unknown {who} architecture {name!r}; valid: "
+                         f"{', '.join(models.MODELS)}")
+    width = options.get("width_multiplier", 1.0)
+    if not (isinstance(width, int | float) and width > 0):
+        raise ValueError(f"{who}_options.width_multiplier must be positive, got {width!r}")
+    sizes = options.get("stage_sizes")
+    if sizes is not None and (not isinstance(sizes, tuple | list) or not sizes or not all(
+            isinstance(s, int) and s > 0 for s in sizes)):
+        raise ValueError(f"{who}_options.stage_sizes takes positive integers, e.g. 3,4,6,3; "
+                         f"got {sizes!r}")
+
+
+def check_steps(cfg, fields) -> None:
+    for f in fields:
+        v = getattr(cfg, f)
+        if v is not None and v <= 0:
+            raise ValueError(f"{f} must be positive, got {v}")

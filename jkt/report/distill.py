@@ -1,0 +1,35 @@
+"""``results.{csv,md,png}`` of a distillation grid (Table 1)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from jkt.report import tables
+from jkt.train.methods import METHOD_LABELS
+
+
+def write(rows: list[dict], workdir: Path, cfg, teacher_accuracy: float | None) -> str:
+    """Writes the rows so far as ``results.csv``, ``results.md`` (the paper's table, mean ±
+    std over seeds, best per column in bold) and ``results.png`` (accuracy vs points per
+    class) under ``workdir``; ``cfg`` is the grid's ``DistillConfig``. Returns the markdown."""
+    workdir = Path(workdir)
+    tables.write_csv(rows, workdir / "results.csv")
+    cols = list(cfg.n_per_class)
+    common = dict(row_key="method", col_key="n_per_class", row_order=list(cfg.methods),
+                  col_order=cols, row_labels=METHOD_LABELS,
+                  col_header="# of data points per class →")
+    teacher = f"{teacher_accuracy:.2%}" if teacher_accuracy is not None else "n/a"
+    md = (f"# Distillation ({cfg.data.name}: {cfg.teacher} teacher → {cfg.student} "
+          f"student)\n\nTest accuracy (%), mean ± std over {len(cfg.seeds)} seed(s); best per "
+          f"column in bold. Teacher test accuracy: {teacher}. Jacobian estimator: "
+          f"`{cfg.estimator}`{' (eq. 10 normalised)' if cfg.normalize else ''}.\n\n"
+          + tables.accuracy_tables(rows, **common) + "\n")
+    (workdir / "results.md").write_text(md)
+    tables.accuracy_vs_n_plot(rows, workdir / "results.png", line_order=list(cfg.methods),
+                              x_order=cols, line_labels=METHOD_LABELS,
+                              xlabel="data points per class (log; 'full' plotted at right)",
+                              title=f"Distillation on {cfg.data.name}")
+    return md
+
+
+FILES = ("results.csv", "results.md", "results.png")

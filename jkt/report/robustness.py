@@ -1,0 +1,54 @@
+"""``robustness.{csv,md,png}`` of a noise-robustness run (Table 2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from jkt.report import tables
+
+FILES = ("robustness.csv", "robustness.md", "robustness.png")
+
+
+def markdown_rows(rows: list[dict], specs, sigmas: list[float]) -> list[str]:
+    """Table-2 lines: one per model, accuracy ± std per σ (best in bold), clean grad norm."""
+    header = "| Noise std. dev. → | " + " | ".join(f"{s:g}" for s in sigmas) + \
+        " | ‖∇ₓS^y‖ (clean) |"
+    best = {s: max((r["accuracy"] for r in rows if r["sigma"] == s), default=None)
+            for s in sigmas}
+    lines = [header, "|" + "---|" * (len(sigmas) + 2)]
+    for spec in specs:
+        mine = {r["sigma"]: r for r in rows if r["model"] == spec.name}
+        if not mine:
+            continue
+        cells = []
+        for s in sigmas:
+            r = mine.get(s)
+            if r is None:
+                cells.append("–")
+                continue
+            text = f"{100 * r['accuracy']:.2f}"
+            if r["draws"] > 1:
+                text += f" ± {100 * r['accuracy_std']:.2f}"
+            cells.append(f"**{text}**" if r["accuracy"] == best[s] else text)
+        grad = next(iter(mine.values()))["grad_norm"]
+        lines.append(f"| {spec.label} | " + " | ".join(cells) + f" | {grad:.3g} |")
+    return lines
+
+
+def write(rows: list[dict], specs, cfg, workdir: Path) -> str:
+    """Writes the rows so far under ``workdir``; ``specs`` are the model rows, ``cfg`` the
+    ``RobustnessConfig``. Returns the markdown."""
+    workdir = Path(workdir)
+    tables.write_csv(rows, workdir / "robustness.csv")
+    sigmas = [float(s) for s in cfg.sigmas]
+    md = (f"# Robustness to Gaussian input noise ({cfg.data.name}, {cfg.model})\n\n"
+          f"Test accuracy (%) with noise of std σ added to the normalised images; mean ± std "
+          f"over {cfg.noise_draws} draws; best per column in bold. Jacobian-norm estimator: "
+          f"`{cfg.estimator}`.\n\n" + "\n".join(markdown_rows(rows, specs, sigmas)) + "\n")
+    (workdir / "robustness.md").write_text(md)
+    tables.line_plot(rows, workdir / "robustness.png", line_key="model", x_key="sigma",
+                     y_key="accuracy", line_order=[s.name for s in specs], x_order=sigmas,
+                     line_labels={s.name: s.label for s in specs},
+                     xlabel="noise std. dev. σ (normalised units)", ylabel="test accuracy (%)",
+                     title=f"Noise robustness on {cfg.data.name}", logx=False)
+    return md

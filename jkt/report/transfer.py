@@ -1,0 +1,94 @@
+"""``transfer.{csv,md,png}`` (Table 3) and ``ablation_{depth,pool}.*`` (Tables 4-5) of a
+transfer grid, and the Jacobian-loss reduction read from a run's ``metrics.jsonl``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from jkt.report import tables
+from jkt.train.methods import TRANSFER_LABELS
+
+ANALOGUE_NOTE = ("an *analogue* of the paper's ImageNet -> MIT Scenes transfer: source and "
+                 "target tasks are disjoint class subsets of one dataset")
+STEMS = {"main": "transfer", "depth": "ablation_depth", "pool": "ablation_pool"}
+
+
+def jacobian_loss_reduction(run_dir, term: str = "att_jac") -> tuple[float, float, float] | None:
+    """``(first, last, (first - last) / first)`` of ``term`` over a run's ``metrics.jsonl``
+    (one line per log interval), or ``None`` when the run did not log it."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return None
+    values = [rec[term] for line in path.read_text().splitlines() if line.strip()
+              for rec in [json.loads(line)] if term in rec]
+    if not values:
+        return None
+    first, last = values[0], values[-1]
+    return first, last, (first - last) / first if first else 0.0
+
+
+def _header(cfg, info: dict, what: str) -> str:
+    acc = info["teacher_accuracy"]
+    acc = f"{acc:.2%} on its own test split" if acc is not None else "n/a"
+    analogue = f"\n\nThis is {ANALOGUE_NOTE}." if info["analogue"] else ""
+    return (f"# {what}\n\nTarget: `{info['target']}`; teacher: {info['teacher']}, test "
+            f"accuracy {acc}; student: two-head {cfg.student} (target head: CE; source "
+            f"head: matched to the teacher's logits). Loss weights {cfg.loss_weight:g}."
+            f"{analogue}")
+
+
+def write(rows: dict, cfg, workdir: Path, info: dict) -> None:
+    """``transfer.*`` from the main rows, ``ablation_{depth,pool}.*`` from the others."""
+    main = rows["main"]
+    if main:
+        tables.write_csv(main, workdir / "transfer.csv")
+        cols = list(cfg.n_per_class)
+        common = dict(row_key="method", col_key="n_per_class", row_order=list(cfg.methods),
+                      col_order=cols, row_labels=TRANSFER_LABELS,
+                      col_header="# of data points per class →")
+        md = (_header(cfg, info, "Transfer learning (Table 3)")
+              + f"\n\nTest accuracy (%), mean ± std over {len(cfg.seeds)} seed(s); best per "
+              "column in bold.\n\n" + tables.accuracy_tables(main, **common) + "\n")
+        (workdir / "transfer.md").write_text(md)
+        tables.accuracy_vs_n_plot(main, workdir / "transfer.png",
+                                  line_order=list(cfg.methods), x_order=cols,
+                                  line_labels=TRANSFER_LABELS,
+                                  xlabel="images per class (log; 'full' plotted at right)",
+                                  title=f"Transfer to {info['target']}")
+    for kind, key, title, xlabel in (
+            ("depth", "depth_pair", "Feature-matching depth (Table 4)",
+             "(teacher tap, student tap)"),
+            ("pool", "pool_window", "Pooling window of the attention Jacobian (Table 5)",
+             "average-pool window (s = attention-map size)")):
+        if rows[kind]:
+            write_ablation(rows[kind], key, workdir / f"ablation_{kind}", cfg, info,
+                           title, xlabel)
+
+
+def write_ablation(rows: list[dict], key: str, stem: Path, cfg, info, title: str,
+                   xlabel: str) -> None:
+    """``stem.{csv,md,png}``: accuracy and Jacobian-loss reduction per ablation column."""
+    tables.write_csv(rows, stem.with_suffix(".csv"))
+    cols = list(dict.fromkeys(r[key] for r in rows))
+    long = []
+    for r in rows:
+        long.append({"x": r[key], "metric": "Accuracy (%)", "value": r["test_accuracy"]})
+        if "att_jac_reduction" in r:
+            long.append({"x": r[key], "metric": "Jacobian loss reduction (%)",
+                         "value": r["att_jac_reduction"]})
+    metrics = ["Accuracy (%)", "Jacobian loss reduction (%)"]
+    table = tables.markdown_table(long, row_key="x", col_key="metric", value_key="value",
+                                  row_order=cols, col_order=metrics, col_header=xlabel)
+    n = rows[0]["n_per_class"]
+    md = (_header(cfg, info, title)
+          + f"\n\n{n} images per class; method `ce+act+att+attjac`; mean ± std over "
+          f"{len(cfg.seeds)} seed(s); best per column in bold. Jacobian loss reduction = "
+          "(first − last logged att_jac) / first, from each run's `metrics.jsonl`.\n\n"
+          + table + "\n")
+    stem.with_suffix(".md").write_text(md)
+    tables.line_plot(long, stem.with_suffix(".png"), line_key="metric", x_key="x",
+                     y_key="value", line_order=metrics, x_order=cols,
+                     x_positions={c: i for i, c in enumerate(cols)}, logx=False,
+                     xlabel=xlabel + ": " + ", ".join(f"{i}={c}" for i, c in enumerate(cols)),
+                     ylabel="%", title=title)

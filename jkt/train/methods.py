@@ -1,0 +1,76 @@
+"""The named methods of the paper's tables, as :class:`~jkt.train.objective.Objective` s.
+
+Table 1 (distillation, §6.1) and Table 3 (transfer learning, §6.3) rows; loss weights of
+appendix 10.2 (every active weight 1; the MIT Scenes runs scale them all by 10).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from jkt.train.objective import Objective
+
+# Table 1 rows, in the paper's order.
+METHODS: dict[str, Objective] = {
+    "ce": Objective(ce=1),
+    "ce+act": Objective(ce=1, act=1),
+    "ce+jac": Objective(ce=1, jac=1),
+    "ce+act+jac": Objective(ce=1, act=1, jac=1),
+    "act": Objective(ce=0, act=1),
+    "act+jac": Objective(ce=0, act=1, jac=1),
+}
+TABLE1_METHODS = tuple(METHODS)
+METHOD_LABELS = {
+    "ce": "Cross-Entropy (CE) training",
+    "ce+act": "CE + match activations",
+    "ce+jac": "CE + match Jacobians",
+    "ce+act+jac": "CE + match {activations + Jacobians}",
+    "act": "Match activations only",
+    "act+jac": "Match {activations + Jacobians}",
+}
+
+
+def method_objective(name: str, **overrides) -> Objective:
+    """The :class:`Objective` of a Table-1 method, with field overrides (e.g. ``estimator``)."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(METHODS)}")
+    return dataclasses.replace(METHODS[name], **overrides)
+
+
+# Table 3 rows, in the paper's order. "oracle" trains like "ce", from a student
+# pretrained on the source task.
+TRANSFER_METHODS = ("ce", "oracle", "ce+act", "ce+act+jac", "ce+act+att", "ce+act+att+attjac")
+TRANSFER_LABELS = {
+    "ce": "Cross-Entropy (CE) training on untrained student network",
+    "oracle": "CE on pre-trained student network (Oracle)",
+    "ce+act": "CE + match activations (Li & Hoiem, 2016)",
+    "ce+act+jac": "CE + match {activations + Jacobians}",
+    "ce+act+att": "CE + match {activations + attention} (Zagoruyko & Komodakis, 2017)",
+    "ce+act+att+attjac": "CE + match {activations + attention + Jacobians}",
+}
+
+
+def transfer_objective(method: str, *, weight: float = 1.0, att_pairs=(), att_jac_pair=None,
+                       pool_fraction: float | None = 0.2) -> Objective:
+    """The :class:`Objective` of a Table-3 method; every active weight is ``weight``.
+
+    ``att_pairs`` / ``att_jac_pair`` are ``(student_tap, teacher_tap)``. Jacobians use the
+    "top" estimator: the teacher's label space differs from the target labels."""
+    w = weight
+    common = dict(ce=w, estimator="top", pool_fraction=pool_fraction)
+    if method in ("ce", "oracle"):
+        return Objective(**common)
+    if method == "ce+act":
+        return Objective(act=w, **common)
+    if method == "ce+act+jac":
+        return Objective(act=w, jac=w, **common)
+    if method == "ce+act+att":
+        return Objective(act=w, att=w, att_pairs=tuple(att_pairs), **common)
+    if method == "ce+act+att+attjac":
+        return Objective(act=w, att=w, att_jac=w, att_pairs=tuple(att_pairs),
+                         att_jac_pair=att_jac_pair, **common)
+    raise ValueError(f"unknown method {method!r}; valid: {', '.join(TRANSFER_METHODS)}")
+
+
+__all__ = ["METHODS", "METHOD_LABELS", "TABLE1_METHODS", "TRANSFER_LABELS", "TRANSFER_METHODS",
+           "method_objective", "transfer_objective"]

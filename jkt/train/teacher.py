@@ -1,0 +1,113 @@
+"""Teachers and pretrained starting points: a CE-trained network saved as an Orbax teacher
+artifact, and the oracle's two-head student initialised from a source-task network (§5)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from jkt import checkpoint, models
+from jkt.data.types import DataConfig, Dataset
+from jkt.train.loop import TrainConfig, final_variables, train_and_evaluate
+from jkt.train.objective import Objective
+from jkt.train.optim import CIFAR_RECIPE, OptimConfig
+
+
+def train_teacher(ds: Dataset, out, *, arch: str = "vgg9", model_options: dict | None = None,
+                  optim: OptimConfig = CIFAR_RECIPE, max_steps: int | None = None, seed: int = 0,
+                  checkpoint_every: int = 1000, progress: bool = True,
+                  mesh=None) -> checkpoint.Teacher:
+    """Trains ``arch`` with cross-entropy on ``ds.train`` and writes a teacher artifact to
+    ``out/artifact`` (resumable checkpoints under ``out/run``). Returns the restored
+    teacher; an existing artifact is returned without training."""
+    out = Path(out)
+    artifact = out / "artifact"
+    if artifact.exists():
+        return checkpoint.restore_teacher(artifact, expect_arch=arch)
+    cfg = TrainConfig(model=arch, model_options=dict(model_options or {}),
+                      objective=Objective(ce=1.0), optim=optim, seed=seed, max_steps=max_steps,
+                      checkpoint_every=checkpoint_every, progress=progress)
+    result = train_and_evaluate(cfg, ds.train, {"val": ds.val, "test": ds.test},
+                                num_classes=ds.num_classes, mean=ds.mean, std=ds.std,
+                                workdir=out / "run", mesh=mesh, desc=f"teacher {arch}")
+    _, variables = final_variables(out / "run", cfg, ds.num_classes, ds.image_shape, mesh=mesh)
+    meta = checkpoint.TeacherMeta(
+        arch=arch, num_classes=ds.num_classes, input_size=ds.image_shape, mean=tuple(ds.mean),
+        std=tuple(ds.std), dataset=ds.name, model_options=dict(model_options or {}),
+        extra={"val_accuracy": result.accuracy["val"], "test_accuracy": result.accuracy["test"],
+               "steps": result.steps, "class_names": list(ds.class_names)})
+    checkpoint.save_teacher(artifact, variables, meta)
+    print(f"teacher {arch}: val {result.accuracy['val']:.2%}, test {result.accuracy['test']:.2%}"
+          f" -> {artifact}")
+    return checkpoint.restore_teacher(artifact, expect_arch=arch)
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherConfig:
+    """A teacher trained with cross-entropy on a whole training split.
+
+    Attributes:
+      workdir: output directory (``artifact/`` and the resumable ``run/``).
+      data: the dataset.
+      arch: architecture; ``model_options`` its ``jkt.models.create`` options.
+      optim: optimiser, schedule, epochs and batch size; ``max_steps`` an optional cap.
+      seed: initialisation and data-order seed.
+      checkpoint_every: steps between checkpoints.
+      progress: show a progress bar.
+    """
+
+    workdir: str = "runs/teacher"
+    data: DataConfig = DataConfig()
+    arch: str = "vgg9"
+    model_options: dict = dataclasses.field(default_factory=dict)
+    optim: OptimConfig = CIFAR_RECIPE
+    max_steps: int | None = None
+    seed: int = 0
+    checkpoint_every: int = 1000
+    progress: bool = True
+
+    def __post_init__(self):
+        from jkt.grids.validate import check_model, check_steps
+
+        check_model(self.arch, self.model_options, "teacher")
+        check_steps(self, ("max_steps", "checkpoint_every"))
+
+
+def run(cfg: TeacherConfig, *, mesh=None) -> checkpoint.Teacher:
+    """Loads ``cfg.data`` and :func:`train_teacher` into ``cfg.workdir``."""
+    from jkt import data
+
+    ds = data.load_config(cfg.data)
+    return train_teacher(ds, cfg.workdir, arch=cfg.arch, model_options=cfg.model_options,
+                         optim=cfg.optim, max_steps=cfg.max_steps, seed=cfg.seed,
+                         checkpoint_every=cfg.checkpoint_every, progress=cfg.progress, mesh=mesh)
+
+
+def oracle_variables(student, pretrained: dict, image_shape, seed: int = 0) -> dict:
+    """Two-head student variables initialised from a source-pretrained single-head model.
+
+    The trunk (every variable but the heads) and BatchNorm statistics are copied; the
+    pretrained ``fc`` becomes ``fc_source``; the target head ``fc`` is freshly
+    initialised from ``seed`` (Flax's ``Dense`` init). Raises ``ValueError`` if the shapes
+    do not fit."""
+    import flax.linen as nn
+    import jax
+
+    want = models.abstract_variables(student, tuple(image_shape))
+    fc = want["params"]["fc"]["kernel"]
+    key = jax.random.split(jax.random.key(seed))[0]
+    head = nn.Dense(fc.shape[1]).init(key, np.zeros((1, fc.shape[0]), np.float32))["params"]
+    params = {k: v for k, v in pretrained["params"].items() if k != "fc"}
+    params["fc_source"] = pretrained["params"]["fc"]
+    params["fc"] = head
+    out = {"params": params, "batch_stats": dict(pretrained.get("batch_stats", {}))}
+    shapes = lambda tree: jax.tree.map(lambda x: tuple(x.shape), tree)  # noqa: E731
+    if shapes(out) != shapes({k: dict(want.get(k, {})) for k in out}):
+        raise ValueError("the source-pretrained student does not fit the two-head student "
+                         "(different architecture, width or number of source classes)")
+    return out
+
+
+__all__ = ["TeacherConfig", "oracle_variables", "run", "train_teacher"]
