@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from experiments.configs import distill as configs
-from jkt import cli
+from jkt import cli, workdir
 from jkt.grids import distill
 from jkt.train import NonFiniteLossError
 
@@ -58,6 +58,8 @@ def parse_config(argv=None) -> distill.DistillConfig:
 def main(argv=None) -> list[dict]:
     cfg = parse_config(argv)
     rows = cli.main(cfg, distill.run, errors=(NonFiniteLossError,))
+    if not workdir.is_writer():
+        return rows
     print((Path(cfg.workdir) / "results.md").read_text())
     print("wrote " + ", ".join(str(Path(cfg.workdir) / f) for f in distill.report.FILES))
     return rows

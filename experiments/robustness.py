@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from experiments.configs import robustness as configs
-from jkt import cli
+from jkt import cli, workdir
 from jkt.grids import robustness
 from jkt.train import NonFiniteLossError
 
@@ -47,6 +47,8 @@ def parse_config(argv=None) -> robustness.RobustnessConfig:
 def main(argv=None) -> list[dict]:
     cfg = parse_config(argv)
     rows = cli.main(cfg, robustness.run, errors=(NonFiniteLossError,))
+    if not workdir.is_writer():
+        return rows
     print((Path(cfg.workdir) / "robustness.md").read_text())
     print("wrote " + ", ".join(str(Path(cfg.workdir) / f) for f in robustness.report.FILES))
     return rows

@@ -21,7 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from experiments.configs import transfer as configs
-from jkt import cli
+from jkt import cli, workdir
 from jkt.grids import transfer
 from jkt.train import NonFiniteLossError
 
@@ -75,6 +75,8 @@ def parse_config(argv=None) -> transfer.TransferConfig:
 def main(argv=None) -> dict[str, list[dict]]:
     cfg = parse_config(argv)
     rows = cli.main(cfg, transfer.run, errors=(NonFiniteLossError,))
+    if not workdir.is_writer():
+        return rows
     written = []
     for kind, stem in transfer.report.STEMS.items():
         if rows[kind]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
@@ -195,22 +196,89 @@ def parse(argv: Sequence[str] | None, configs: ModuleType, flags: Sequence[Flag]
 
 
 def main(cfg, run_fn: Callable[[Any], Any], errors: tuple[type[BaseException], ...] = ()):
-    """Prepares ``cfg.workdir`` (:func:`jkt.workdir.prepare`: JAX setup, ``config.json``)
-    and returns :func:`run` of ``run_fn``."""
+    """Prepares ``cfg.workdir`` (:func:`jkt.workdir.prepare`: JAX setup, lock,
+    ``config.json``) and returns :func:`run` of ``run_fn``."""
     from jkt import workdir
 
-    workdir.prepare(cfg)
-    return run(run_fn, cfg, errors)
+    def prepared(c):
+        workdir.prepare(c)
+        return run_fn(c)
+
+    return run(prepared, cfg, errors)
+
+
+USAGE_ERRORS = (config_lib.ConfigError, ValueError, FileNotFoundError)
 
 
 def run(main: Callable[[Any], Any], cfg, errors: tuple[type[BaseException], ...] = ()) -> Any:
-    """Calls ``main(cfg)``; a :class:`ValueError`, :class:`FileNotFoundError` or one of
-    ``errors`` becomes one ``error: ...`` line on stderr and exit status 2."""
+    """Calls ``main(cfg)`` and turns the ways it can stop into one line on stderr:
+
+    * settings that do not fit the data or the work directory (``ValueError``,
+      ``FileNotFoundError``): ``error: ...``, exit status 2, like a usage error;
+    * a failure while running (``errors``, e.g. a non-finite loss; ``OSError`` such as a
+      full or read-only disk; a busy work directory): ``error: ...``, exit status 1;
+    * Ctrl-C: the training loop stops at the next step, saves a checkpoint there and waits
+      for it (a second Ctrl-C stops at once); then ``interrupted`` and how to resume, exit
+      status 130. The process ends without waiting on background threads, which an
+      interrupted checkpoint library may leave behind.
+    """
+    from jkt import workdir
+
+    previous = _install_stop_handler()
     try:
         return main(cfg)
-    except (ValueError, FileNotFoundError, *errors) as e:
-        print(f"error: {str(e).replace(chr(10), ' ')}", file=sys.stderr)
-        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("interrupted: the last checkpoint is kept; run the same command again to resume",
+              file=sys.stderr)
+        _exit_now(130)
+    except (*errors, workdir.WorkdirBusyError, OSError) as e:
+        if isinstance(e, FileNotFoundError) and not isinstance(e, errors):
+            _fail(e, 2)
+        _fail(e, 1)
+    except USAGE_ERRORS as e:
+        _fail(e, 2)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+            from jkt.train.loop import clear_stop
+
+            clear_stop()
+
+
+def _install_stop_handler():
+    """First Ctrl-C: :func:`jkt.train.loop.request_stop`; second: ``KeyboardInterrupt``.
+    Returns the previous handler (``None`` off the main thread, where none is set)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    from jkt.train.loop import request_stop, stop_requested
+
+    def handler(signum, frame):
+        if stop_requested():
+            raise KeyboardInterrupt
+        print("stopping after the current step (Ctrl-C again to stop at once)",
+              file=sys.stderr, flush=True)
+        request_stop()
+
+    return signal.signal(signal.SIGINT, handler)
+
+
+def _exit_now(status: int):
+    """Flushes, releases this process's work-directory locks and ends the process."""
+    import os
+
+    from jkt import workdir
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    workdir.release_locks()
+    os._exit(status)
+
+
+def _fail(e: BaseException, status: int):
+    print(f"error: {str(e).replace(chr(10), ' ')}", file=sys.stderr)
+    raise SystemExit(status) from None
 
 
 __all__ = ["Flag", "build_parser", "data_flags", "main", "optim_flags", "parse", "run"]

@@ -128,3 +128,35 @@ def test_help_lists_every_field(capsys):
     out = capsys.readouterr().out
     for path in config_lib.field_paths(distill.parse_config([])):
         assert f"--config.{path}=" in out or path in ("student_options", "teacher_options")
+
+
+@pytest.mark.parametrize("error, status, words", [
+    (ValueError("bad n"), 2, "error: bad n"),
+    (FileNotFoundError("no such dataset"), 2, "error: no such dataset"),
+    (FloatingPointError("non-finite loss at step 3: ce=nan"), 1, "error: non-finite loss"),
+    (OSError("No space left on device"), 1, "error: No space left"),
+    (KeyboardInterrupt(), 130, "interrupted: the last checkpoint is kept"),
+])
+def test_run_turns_failures_into_one_line_and_a_status(error, status, words, capsys,
+                                                        monkeypatch):
+    def fail(_):
+        raise error
+
+    def exit_now(code):  # the real one ends the process without unwinding
+        raise SystemExit(code)
+
+    monkeypatch.setattr(cli, "_exit_now", exit_now)
+    with pytest.raises(SystemExit) as e:
+        cli.run(fail, None, errors=(FloatingPointError,))
+    assert e.value.code == status
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(words)
+
+
+def test_busy_workdir_is_a_failure_not_a_usage_error(tmp_path, capsys):
+    def busy(_):
+        raise workdir.WorkdirBusyError(f"{tmp_path} is in use by pid 1 on host")
+
+    with pytest.raises(SystemExit) as e:
+        cli.run(busy, None)
+    assert e.value.code == 1 and "in use by pid 1" in capsys.readouterr().err

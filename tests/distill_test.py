@@ -4,6 +4,7 @@ Each invocation runs in a subprocess (as a user would run it) with one CPU devic
 """
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -185,3 +186,79 @@ def test_too_many_points_per_class_fails_before_training(image_folder, tmp_path)
     assert out.returncode == 2
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and "500" in last
+
+
+def _inproc_argv(folder, workdir, *extra):
+    return ["--dataset", f"folder:{folder}", "--workdir", str(workdir), "--methods", "ce",
+            "--n-per-class", "1", "--seeds", "0", "--width-multiplier", "0.0625",
+            "--max-steps", "2", "--teacher-max-steps", "2", "--batch-size", "8",
+            "--teacher-batch-size", "8", "--val-fraction", "0.2", "--no-progress", *extra]
+
+
+def _usage_error(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as e:
+        distill.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:"), err
+    return err[0]
+
+
+def test_rerun_with_other_settings_or_teacher_is_refused(image_folder, tmp_path, capsys,
+                                                         monkeypatch):
+    """A finished grid rerun with another learning rate, another teacher recipe or a
+    teacher artifact of another architecture stops with one line; it never shows the old
+    results as if they were the new ones."""
+    monkeypatch.setenv("JKT_CACHE", str(tmp_path / "cache"))
+    work = tmp_path / "w"
+    rows = distill.main(_inproc_argv(image_folder, work))
+    assert [r["method"] for r in rows] == ["ce"]
+    capsys.readouterr()
+    run = json.loads((work / "runs" / "ce" / "n1_seed0" / "config.json").read_text())
+    assert run["train"]["optim"]["learning_rate"] == 3e-3 and run["teacher"]["arch"] == "vgg9"
+    line = _usage_error(_inproc_argv(image_folder, work, "--lr", "0.5"), capsys)
+    assert "run ce/n1_seed0" in line and "train.optim.learning_rate (0.003 -> 0.5)" in line
+    line = _usage_error(_inproc_argv(image_folder, work, "--teacher-lr", "0.5"), capsys)
+    assert "the teacher" in line and "optim.learning_rate" in line
+    line = _usage_error(_inproc_argv(image_folder, tmp_path / "w2", "--teacher",
+                                     str(work / "teacher" / "artifact"), "--config.teacher",
+                                     "vgg4"), capsys)
+    assert "holds a vgg9" in line and "teacher is a vgg4" in line
+    # Changing only what does not change the numbers is fine.
+    again = distill.main(_inproc_argv(image_folder, work, "--checkpoint-every", "7"))
+    assert [{**r, "skipped": True} for r in rows] == again
+
+
+def test_one_class_dataset_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("JKT_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "only" / "cat").mkdir(parents=True)
+    for i in range(12):
+        Image.fromarray(np.full((32, 32, 3), i * 9, np.uint8)).save(
+            tmp_path / "only" / "cat" / f"{i}.png")
+    line = _usage_error(_inproc_argv(tmp_path / "only", tmp_path / "w"), capsys)
+    assert "needs at least 2" in line
+
+
+@pytest.mark.slow
+def test_ctrl_c_exits_quietly_and_the_same_command_resumes(image_folder, tmp_path):
+    work = tmp_path / "w"
+    cmd = _cmd(image_folder, work, "--checkpoint-every", "1", "--teacher-max-steps", "40")
+    proc = subprocess.Popen(cmd, env=_env(tmp_path), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    ckpt_dir = work / "teacher" / "run" / "checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir()):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("interrupted")
+    assert not (work / ".lock").exists()
+    out = subprocess.run(cmd, env=_env(tmp_path), cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    history = [json.loads(line)["step"] for line in
+               (work / "teacher" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert history == sorted(set(history)) and history[-1] == 40

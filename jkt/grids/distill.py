@@ -21,11 +21,13 @@ from jkt import checkpoint, data, parallel
 from jkt import config as config_lib
 from jkt.data.types import DataConfig
 from jkt.grids.validate import (
+    check_dataset,
     check_model,
     check_names,
     check_points_per_class,
     check_seeds,
     check_steps,
+    check_teacher_artifact,
 )
 from jkt.report import distill as report
 from jkt.train import (
@@ -39,8 +41,11 @@ from jkt.train.methods import METHODS, TABLE1_METHODS, method_objective
 from jkt.train.objective import ESTIMATORS
 from jkt.train.optim import CIFAR_RECIPE, OptimConfig
 from jkt.train.teacher import train_teacher
+from jkt.workdir import CONFIG_FILE, check_record, is_writer
 
 FUSION_CHOICES = (*FUSION_MODES, "off")
+# Fields of a run's record that may change between launches without changing its numbers.
+RECORD_MAY_CHANGE = ("train.progress", "train.log_every", "train.checkpoint_every")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,12 +121,8 @@ class DistillConfig:
 def load_teacher(cfg: DistillConfig, ds: data.Dataset, workdir: Path, mesh):
     """The artifact at ``cfg.teacher_artifact``, or a teacher trained into ``workdir``."""
     if cfg.teacher_artifact:
-        teacher = checkpoint.restore_teacher(cfg.teacher_artifact)
-        if teacher.meta.num_classes != ds.num_classes:
-            raise ValueError(f"teacher at {cfg.teacher_artifact} has "
-                             f"{teacher.meta.num_classes} classes, {ds.name} has "
-                             f"{ds.num_classes}")
-        return teacher
+        check_teacher_artifact(cfg.teacher_artifact, cfg.teacher, ds.num_classes)
+        return checkpoint.restore_teacher(cfg.teacher_artifact, expect_arch=cfg.teacher)
     return train_teacher(ds, workdir / "teacher", arch=cfg.teacher,
                          model_options=cfg.teacher_options, optim=cfg.teacher_optim,
                          max_steps=cfg.teacher_max_steps, checkpoint_every=cfg.checkpoint_every,
@@ -144,6 +145,7 @@ def run(cfg: DistillConfig, *, mesh=None) -> list[dict]:
     workdir = Path(cfg.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     ds = data.load_config(cfg.data)
+    check_dataset(ds)
     print(f"{ds.summary()}, {parallel.process_count_str(mesh)}")
     # Subsets are drawn before training so that a bad n fails at once, not hours in.
     subsets = {(n, s): data.subset_per_class(ds.train, n, s, class_names=ds.class_names,
@@ -171,8 +173,9 @@ def run(cfg: DistillConfig, *, mesh=None) -> list[dict]:
                 log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
                 progress=cfg.progress) for m in group]
             run_dirs = [workdir / "runs" / name for name in names]
-            for run_dir, c in zip(run_dirs, cfgs, strict=True):
-                config_lib.write_json(run_record(cfg, c, n, teacher), run_dir / "config.json")
+            for name, run_dir, c in zip(names, run_dirs, cfgs, strict=True):
+                check_record(run_dir / CONFIG_FILE, run_record(cfg, c, n, teacher),
+                             what=f"run {name}", ignore=RECORD_MAY_CHANGE)
             t0 = time.time()
             try:
                 results = train_and_evaluate_fused(
@@ -185,7 +188,8 @@ def run(cfg: DistillConfig, *, mesh=None) -> list[dict]:
             skipped = time.time() - t0 < 0.5
             for m, res in zip(group, results, strict=True):
                 rows.append(result_row(m, n, seed, res, fused=len(group), skipped=skipped))
-            report.write(rows, workdir, cfg, t_acc)
+            if is_writer():
+                report.write(rows, workdir, cfg, t_acc)
             bar.update(len(group))
     finally:
         bar.close()

@@ -22,7 +22,8 @@ from jkt import config as config_lib
 from jkt import data, jacobian, parallel
 from jkt.data import transforms
 from jkt.data.types import DataConfig
-from jkt.grids.validate import check_model, check_steps
+from jkt.grids.distill import RECORD_MAY_CHANGE
+from jkt.grids.validate import check_dataset, check_model, check_steps
 from jkt.report import robustness as report
 from jkt.train import (
     NonFiniteLossError,
@@ -35,6 +36,7 @@ from jkt.train import (
 )
 from jkt.train.objective import ESTIMATORS
 from jkt.train.optim import CIFAR_RECIPE, OptimConfig
+from jkt.workdir import CONFIG_FILE, check_record, is_writer
 
 NOISE_FILE = "noise_eval.json"
 
@@ -168,6 +170,7 @@ def run(p: RobustnessConfig, *, mesh=None) -> list[dict]:
     workdir = Path(p.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     ds = data.load_config(p.data)
+    check_dataset(ds)
     print(f"{ds.summary()}, {parallel.process_count_str(mesh)}")
     specs = model_rows(p)
     rows = []
@@ -178,8 +181,9 @@ def run(p: RobustnessConfig, *, mesh=None) -> list[dict]:
             bar.set_description(f"models [{spec.name}]")
             cfg = train_config(p, spec)
             run_dir = workdir / "runs" / spec.name
-            config_lib.write_json({"train": config_lib.to_dict(cfg),
-                                   "data": config_lib.to_dict(p.data)}, run_dir / "config.json")
+            check_record(run_dir / CONFIG_FILE, {"train": config_lib.to_dict(cfg),
+                                                 "data": config_lib.to_dict(p.data)},
+                         what=f"model {spec.name}", ignore=RECORD_MAY_CHANGE)
             try:
                 res = train_and_evaluate(cfg, ds.train, {"val": ds.val, "test": ds.test},
                                          num_classes=ds.num_classes, mean=ds.mean, std=ds.std,
@@ -192,7 +196,8 @@ def run(p: RobustnessConfig, *, mesh=None) -> list[dict]:
                       "clean_val_accuracy": res.accuracy["val"], "grad_norm": noise["grad_norm"],
                       **{f"final_{k}": v for k, v in res.final_metrics.items()},
                       "steps": res.steps} for sigma, acc in noise["sigmas"].items()]
-            report.write(rows, specs, p, workdir)
+            if is_writer():
+                report.write(rows, specs, p, workdir)
             bar.update(1)
     finally:
         bar.close()
@@ -206,7 +211,8 @@ def noise_result(p: RobustnessConfig, cfg: TrainConfig, ds, run_dir: Path, mesh)
         return json.loads(path.read_text())
     model, variables = final_variables(run_dir, cfg, ds.num_classes, ds.image_shape, mesh=mesh)
     noise = noise_evaluation(model, variables, ds, p, mesh, cfg.eval_batch_size)
-    path.write_text(json.dumps(noise, indent=1))
+    if is_writer():
+        path.write_text(json.dumps(noise, indent=1))
     return noise
 
 

@@ -22,7 +22,9 @@ from jkt import config as config_lib
 from jkt.data import Dataset
 from jkt.data.classes import source_target_split
 from jkt.data.types import DataConfig
+from jkt.grids.distill import RECORD_MAY_CHANGE
 from jkt.grids.validate import (
+    check_dataset,
     check_model,
     check_names,
     check_points_per_class,
@@ -35,6 +37,7 @@ from jkt.train import NonFiniteLossError, Objective, TrainConfig, train_and_eval
 from jkt.train.methods import TRANSFER_METHODS, transfer_objective
 from jkt.train.optim import OptimConfig
 from jkt.train.teacher import oracle_variables, train_teacher
+from jkt.workdir import CONFIG_FILE, check_record, is_writer
 
 # Table 5 columns: label -> pooling window as a fraction of the attention-map size.
 POOL_WINDOWS = {"full": 1.0, "s/3": 1 / 3, "s/5": 0.2, "s/7": 1 / 7, "none": None}
@@ -268,6 +271,7 @@ def run(cfg: TransferConfig, *, mesh=None) -> dict[str, list[dict]]:
     workdir = Path(cfg.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     ds = data.load_config(cfg.data)
+    check_dataset(ds)
     source, target = source_target_split(ds, cfg.source_classes, cfg.target_classes)
     note = report.ANALOGUE_NOTE if source is not None else "teacher from --teacher"
     print(f"{ds.name}: target {target.class_names} ({len(target.train)} train / "
@@ -306,10 +310,11 @@ def run(cfg: TransferConfig, *, mesh=None) -> dict[str, list[dict]]:
                                     max_steps=cfg.max_steps, log_every=cfg.log_every,
                                     checkpoint_every=cfg.checkpoint_every, progress=cfg.progress)
             run_dir = workdir / "runs" / r.name
-            config_lib.write_json({"train": config_lib.to_dict(train_cfg),
-                                   "data": config_lib.to_dict(cfg.data), "n_per_class": r.n,
-                                   "teacher": info["teacher"], "oracle": r.method == "oracle"},
-                                  run_dir / "config.json")
+            check_record(run_dir / CONFIG_FILE,
+                         {"train": config_lib.to_dict(train_cfg),
+                          "data": config_lib.to_dict(cfg.data), "n_per_class": r.n,
+                          "teacher": info["teacher"], "oracle": r.method == "oracle"},
+                         what=f"run {r.name}", ignore=RECORD_MAY_CHANGE)
             t0 = time.time()
             try:
                 res = train_and_evaluate(
@@ -321,7 +326,8 @@ def run(cfg: TransferConfig, *, mesh=None) -> dict[str, list[dict]]:
                 raise NonFiniteLossError(f"run {r.name}: {e}") from e
             rows[r.kind].append(result_row(r, res, run_dir,
                                            skipped=time.time() - t0 < 0.5))
-            report.write(rows, cfg, workdir, info)
+            if is_writer():
+                report.write(rows, cfg, workdir, info)
             bar.update(1)
     finally:
         bar.close()

@@ -50,3 +50,28 @@ def check_steps(cfg, fields) -> None:
         v = getattr(cfg, f)
         if v is not None and v <= 0:
             raise ValueError(f"{f} must be positive, got {v}")
+
+
+def check_dataset(ds) -> None:
+    """At least two classes, and examples in every split (a one-class task "trains" to
+    100 %)."""
+    if ds.num_classes < 2:
+        raise ValueError(f"{ds.name} has {ds.num_classes} class(es) "
+                         f"({', '.join(ds.class_names)}); classification needs at least 2")
+    for name in ("train", "val", "test"):
+        if len(getattr(ds, name)) == 0 and name != "val":
+            raise ValueError(f"{ds.name} has no {name} examples")
+
+
+def check_teacher_artifact(path, arch: str, num_classes: int, what: str = "teacher") -> None:
+    """The artifact at ``path`` holds ``arch`` with ``num_classes`` outputs (before any
+    weights are read)."""
+    from jkt import checkpoint
+
+    meta = checkpoint.read_teacher_meta(path)
+    if meta.arch != arch:
+        raise ValueError(f"{what} artifact {path} holds a {meta.arch}, this config's {what} is "
+                         f"a {arch}; pass --config.teacher={meta.arch} to use it")
+    if meta.num_classes != num_classes:
+        raise ValueError(f"{what} artifact {path} has {meta.num_classes} classes, the data has "
+                         f"{num_classes}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,28 @@ from jkt.train.objective import TERMS, Objective
 from jkt.train.optim import CIFAR_RECIPE, OptimConfig, make_optimizer
 from jkt.train.state import TrainState, create_train_state
 from jkt.train.step import make_eval_step
+from jkt.workdir import is_writer
 
 RESULT_FILE = "result.json"
+METRICS_FILE = "metrics.jsonl"
+
+
+_STOP = threading.Event()
+
+
+def request_stop() -> None:
+    """Asks running loops to stop at the next step boundary: they check the steps so far,
+    save a checkpoint at that step, wait for it and raise ``KeyboardInterrupt`` (the
+    command line's first Ctrl-C calls this)."""
+    _STOP.set()
+
+
+def stop_requested() -> bool:
+    return _STOP.is_set()
+
+
+def clear_stop() -> None:
+    _STOP.clear()
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -95,6 +116,15 @@ class RunResult:
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def read_result(path: Path) -> RunResult:
+    """A finished run's ``result.json``; a damaged one is one line naming it and the fix."""
+    try:
+        return RunResult(**json.loads(Path(path).read_text()))
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path} is damaged ({type(e).__name__}); delete it to evaluate the "
+                         "run again from its last checkpoint") from None
 
 
 def total_steps(cfg: TrainConfig, num_examples: int) -> int:
@@ -161,7 +191,7 @@ def train_and_evaluate(
     workdir = Path(workdir)
     result_path = workdir / RESULT_FILE
     if result_path.exists():
-        return RunResult(**json.loads(result_path.read_text()))
+        return read_result(result_path)
     return _train_runs([cfg], train, eval_splits, num_classes=num_classes, mean=mean, std=std,
                        workdirs=[workdir], teacher=teacher, mesh=mesh,
                        init_variables=init_variables, descs=[desc], mode="unroll")[0]
@@ -205,8 +235,8 @@ def train_and_evaluate_fused(
     _check_fusable(cfgs, mode)
     workdirs = [Path(w) for w in workdirs]
     results: list[RunResult | None] = [
-        RunResult(**json.loads((w / RESULT_FILE).read_text())) if (w / RESULT_FILE).exists()
-        else None for w in workdirs]
+        read_result(w / RESULT_FILE) if (w / RESULT_FILE).exists() else None
+        for w in workdirs]
     todo = [i for i, r in enumerate(results) if r is None]
     common = dict(num_classes=num_classes, mean=mean, std=std, teacher=teacher, mesh=mesh)
     steps = set()
@@ -365,6 +395,13 @@ def _train_steps(runs: _Runs, train_step, states, train: Split, teacher_vars, ck
         if done % cfg.checkpoint_every == 0 and done < n_steps:
             log.fetch()  # never checkpoint a state whose loss is unchecked
             _save(ckpts, done, states, runs.data_meta)
+        if stop_requested() and done < n_steps:
+            log.fetch()
+            if done % cfg.checkpoint_every:  # not saved just above
+                _save(ckpts, done, states, runs.data_meta, force=True)
+            for ckpt in ckpts:
+                ckpt.wait()
+            raise KeyboardInterrupt(f"stopped after step {done}")
     log.fetch()
     _save(ckpts, n_steps, states, runs.data_meta, force=True)
     return states
@@ -389,7 +426,7 @@ class _MetricLog:
         self.pending: list[tuple[int, Any]] = []  # (step, device metrics) not yet fetched
         self.window: list[list[dict[str, float]]] = []  # fetched, not yet written
         self.last: list[dict[str, float]] = [{} for _ in runs.objectives]  # final step's
-        self.files = [(w / "metrics.jsonl").open("a") for w in runs.workdirs]
+        self.files = [_open_history(w / METRICS_FILE, start) for w in runs.workdirs]
         label = (runs.descs[0] if runs.size == 1
                  else f"{runs.size} fused runs: {', '.join(runs.descs)}")
         self.bar = tqdm(total=runs.n_steps, initial=start, desc=label or "train", leave=False,
@@ -428,9 +465,10 @@ class _MetricLog:
         for r, f in enumerate(self.files):
             rows = [w[r] for w in self.window]
             means = {k: float(np.mean([m[k] for m in rows])) for k in rows[0]}
-            f.write(json.dumps({"step": done, "epoch": self.runs.stream.epoch(done), **means})
-                    + "\n")
-            f.flush()
+            if f is not None:
+                f.write(json.dumps({"step": done, "epoch": self.runs.stream.epoch(done),
+                                    **means}) + "\n")
+                f.flush()
             if r == 0:
                 self.bar.set_postfix({k: f"{v:.3g}" for k, v in means.items()}, refresh=False)
         self.window = []
@@ -440,8 +478,31 @@ class _MetricLog:
 
     def __exit__(self, *exc):
         for f in self.files:
-            f.close()
+            if f is not None:
+                f.close()
         self.bar.close()
+
+
+def _open_history(path: Path, start: int):
+    """``metrics.jsonl`` opened for appending, cut back to the lines of steps up to
+    ``start`` (a resumed run repeats the steps after its checkpoint); ``None`` on every
+    process but the one that writes files."""
+    if not is_writer():
+        return None
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines()
+                if line.strip() and _logged_step(line) <= start]
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(path)
+    return path.open("a")
+
+
+def _logged_step(line: str) -> int:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return 1 << 62  # a torn last line: dropped
 
 
 def _evaluate_and_write(runs: _Runs, states, eval_splits, ckpts, last, *, mean, std, t0,
@@ -457,9 +518,10 @@ def _evaluate_and_write(runs: _Runs, states, eval_splits, ckpts, last, *, mean, 
         result = RunResult(accuracy=accuracy, final_metrics=last[r], steps=runs.n_steps,
                            wall_time=time.time() - t0, resumed_from=resumed_from)
         ckpt.close()
-        tmp = (w / RESULT_FILE).with_suffix(".tmp")
-        tmp.write_text(json.dumps(result.to_json(), indent=1))
-        tmp.replace(w / RESULT_FILE)
+        if is_writer():
+            tmp = (w / RESULT_FILE).with_suffix(".tmp")
+            tmp.write_text(json.dumps(result.to_json(), indent=1))
+            tmp.replace(w / RESULT_FILE)
         results.append(result)
     return results
 
@@ -479,5 +541,6 @@ def final_variables(workdir, cfg: TrainConfig, num_classes: int, image_shape, me
     return model, {"params": state.params, "batch_stats": state.batch_stats}
 
 
-__all__ = ["NonFiniteLossError", "RunResult", "TrainConfig", "TrainState", "evaluate",
-           "final_variables", "total_steps", "train_and_evaluate", "train_and_evaluate_fused"]
+__all__ = ["NonFiniteLossError", "RunResult", "TrainConfig", "TrainState", "clear_stop",
+           "evaluate", "final_variables", "read_result", "request_stop", "stop_requested",
+           "total_steps", "train_and_evaluate", "train_and_evaluate_fused"]

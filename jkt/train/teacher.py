@@ -20,10 +20,20 @@ def train_teacher(ds: Dataset, out, *, arch: str = "vgg9", model_options: dict |
                   checkpoint_every: int = 1000, progress: bool = True,
                   mesh=None) -> checkpoint.Teacher:
     """Trains ``arch`` with cross-entropy on ``ds.train`` and writes a teacher artifact to
-    ``out/artifact`` (resumable checkpoints under ``out/run``). Returns the restored
-    teacher; an existing artifact is returned without training."""
+    ``out/artifact`` (resumable checkpoints under ``out/run``, checkpointed every
+    ``checkpoint_every`` steps). Returns the restored teacher; an existing artifact is
+    returned without training. ``out/config.json`` records what determines the teacher; a
+    later call with other settings stops with one line naming them."""
+    from jkt import config as config_lib
+    from jkt.workdir import check_record
+
     out = Path(out)
     artifact = out / "artifact"
+    record = {"arch": arch, "model_options": dict(model_options or {}),
+              "optim": config_lib.to_dict(optim), "max_steps": max_steps, "seed": seed,
+              "dataset": ds.name, "num_examples": len(ds.train), "classes": list(ds.class_names),
+              "image_shape": list(ds.image_shape)}
+    check_record(out / "config.json", record, what="the teacher")
     if artifact.exists():
         return checkpoint.restore_teacher(artifact, expect_arch=arch)
     cfg = TrainConfig(model=arch, model_options=dict(model_options or {}),
@@ -38,9 +48,12 @@ def train_teacher(ds: Dataset, out, *, arch: str = "vgg9", model_options: dict |
         std=tuple(ds.std), dataset=ds.name, model_options=dict(model_options or {}),
         extra={"val_accuracy": result.accuracy["val"], "test_accuracy": result.accuracy["test"],
                "steps": result.steps, "class_names": list(ds.class_names)})
+    from jkt.workdir import is_writer
+
     checkpoint.save_teacher(artifact, variables, meta)
-    print(f"teacher {arch}: val {result.accuracy['val']:.2%}, test {result.accuracy['test']:.2%}"
-          f" -> {artifact}")
+    if is_writer():
+        print(f"teacher {arch}: val {result.accuracy['val']:.2%}, "
+              f"test {result.accuracy['test']:.2%} -> {artifact}")
     return checkpoint.restore_teacher(artifact, expect_arch=arch)
 
 

@@ -1,0 +1,113 @@
+"""A work directory is a record you can trust: one launch at a time, runs resumed only
+under the settings they were made with, one writer per multi-host job."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from jkt import workdir
+
+
+def test_second_launch_on_a_busy_workdir_fails_naming_the_owner(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from jkt import workdir; "
+         f"workdir.WorkdirLock({str(tmp_path)!r}).acquire(); print('locked', flush=True); "
+         "time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(workdir.WorkdirBusyError) as e:
+            workdir.WorkdirLock(tmp_path).acquire()
+        msg = str(e.value)
+        assert f"pid {holder.pid}" in msg and socket.gethostname() in msg and "\n" not in msg
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, capsys):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    (tmp_path / workdir.LOCK_FILE).write_text(json.dumps(
+        {"job": f"pid:{socket.gethostname()}:{dead}", "pid": int(dead),
+         "host": socket.gethostname(), "since": "earlier"}))
+    lock = workdir.WorkdirLock(tmp_path).acquire()
+    assert "stale lock" in capsys.readouterr().out
+    assert json.loads((tmp_path / workdir.LOCK_FILE).read_text())["pid"] == os.getpid()
+    lock.release()
+    assert not (tmp_path / workdir.LOCK_FILE).exists()
+
+
+def test_the_same_process_may_take_its_own_lock_again(tmp_path):
+    a = workdir.WorkdirLock(tmp_path).acquire()
+    workdir.WorkdirLock(tmp_path).acquire()
+    a.release()
+
+
+def test_record_is_written_once_and_compared_after(tmp_path):
+    path = tmp_path / "run" / "config.json"
+    record = {"train": {"optim": {"learning_rate": 1e-3}, "progress": True}, "n": 5}
+    workdir.check_record(path, record, what="run x")
+    assert json.loads(path.read_text()) == record
+    workdir.check_record(path, record, what="run x")  # same settings: fine
+    workdir.check_record(path, {**record, "train": {**record["train"], "progress": False}},
+                         what="run x", ignore=("train.progress",))
+    changed = {"train": {"optim": {"learning_rate": 3e-3}, "progress": True}, "n": 5}
+    with pytest.raises(workdir.SettingsChangedError) as e:
+        workdir.check_record(path, changed, what="run x")
+    msg = str(e.value)
+    assert "train.optim.learning_rate (0.001 -> 0.003)" in msg and "delete" in msg
+    path.write_text("{not json")
+    with pytest.raises(workdir.SettingsChangedError, match="not valid JSON"):
+        workdir.check_record(path, record, what="run x")
+
+
+def test_only_process_zero_writes(tmp_path, monkeypatch):
+    import jax
+
+    from jkt.train import loop
+
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    assert not workdir.is_writer()
+    workdir.check_record(tmp_path / "config.json", {"a": 1}, what="run")
+    assert not (tmp_path / "config.json").exists()
+    assert loop._open_history(tmp_path / "metrics.jsonl", 0) is None
+
+
+def test_resumed_history_is_cut_back_to_the_checkpoint(tmp_path):
+    from jkt.train import loop
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (2, 4, 6))
+                    + '{"step": 8, "lo')  # a line torn by a kill
+    with loop._open_history(path, 4) as f:
+        f.write(json.dumps({"step": 6, "loss": 0.5}) + "\n")
+    steps = [json.loads(line)["step"] for line in path.read_text().splitlines()]
+    assert steps == [2, 4, 6]
+
+
+def test_unwritable_workdir_is_one_line(tmp_path, monkeypatch):
+    if os.geteuid() == 0:
+        pytest.skip("root can write into read-only directories")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    from experiments import distill
+
+    monkeypatch.setattr(workdir, "setup_jax", lambda _: None)
+    cfg = distill.parse_config(["--workdir", str(ro / "w")])
+    with pytest.raises(OSError, match="cannot write to the work directory"):
+        workdir.prepare(cfg)
+
+
+def test_lock_file_records_owner(tmp_path):
+    lock = workdir.WorkdirLock(tmp_path).acquire()
+    owner = json.loads((tmp_path / workdir.LOCK_FILE).read_text())
+    assert owner["pid"] == os.getpid() and owner["host"] == socket.gethostname()
+    assert time.strptime(owner["since"], "%Y-%m-%d %H:%M:%S")
+    lock.release()
