@@ -9,7 +9,7 @@ import argparse
 
 import jax
 
-from jkt import checkpoint, torchvision_import
+from jkt import checkpoint, cli, torchvision_import
 
 
 def main(argv=None) -> None:
@@ -20,13 +20,16 @@ def main(argv=None) -> None:
     parser.add_argument("--dataset", default="imagenet")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
-    path = torchvision_import.import_resnet34(
-        args.weights, args.out, num_classes=args.num_classes, dataset=args.dataset,
-        overwrite=args.overwrite,
-    )
-    teacher = checkpoint.restore_teacher(path, expect_arch="resnet34")
-    n = sum(x.size for x in jax.tree.leaves(teacher.variables["params"]))
-    print(f"wrote {path} ({n:,} parameters, {teacher.meta.num_classes} classes)")
+
+    def convert(a):
+        path = torchvision_import.import_resnet34(
+            a.weights, a.out, num_classes=a.num_classes, dataset=a.dataset,
+            overwrite=a.overwrite)
+        teacher = checkpoint.restore_teacher(path, expect_arch="resnet34")
+        n = sum(x.size for x in jax.tree.leaves(teacher.variables["params"]))
+        print(f"wrote {path} ({n:,} parameters, {teacher.meta.num_classes} classes)")
+
+    cli.run(convert, args, errors=(ImportError,))
 
 
 if __name__ == "__main__":

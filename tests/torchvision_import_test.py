@@ -357,3 +357,15 @@ def test_pth_that_is_not_a_state_dict(tmp_path):
     with pytest.raises(ValueError, match="junk.pth") as e:
         torchvision_import.load_state_dict(tmp_path / "junk.pth")
     assert "\n" not in str(e.value)
+
+
+def test_cli_bad_input_is_one_line(tmp_path, capsys):
+    from experiments import import_torchvision
+
+    for argv, words in ((["--weights", str(tmp_path / "nope.safetensors")], "No weights file"),
+                        (["--weights", str(tmp_path / "w.bin")], "Unsupported weights format")):
+        with pytest.raises(SystemExit) as e:
+            import_torchvision.main([*argv, "--out", str(tmp_path / "out")])
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and words in err[0]
