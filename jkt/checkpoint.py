@@ -6,18 +6,49 @@
   leftover temporary directories are ignored and cleaned up.
 * ``save_teacher`` / ``restore_teacher`` store a teacher's variables with a ``TeacherMeta``
   (architecture, input size, normalisation, ...), enough to rebuild the Flax module.
+
+Integrity. A complete directory is not yet a correct one: a bad disk, a partial copy or
+a truncated file can leave bytes that Orbax reads back without error. So every train-state
+checkpoint and every teacher artifact carries a SHA-256 content checksum (each array's
+dtype, shape and bytes, arrays in a fixed order by tree path), computed on the host from
+the values being saved and stored in the item's meta JSON under the reserved key
+``"_checksum"``; the restored values are checked against it. A damaged train checkpoint
+makes ``TrainCheckpointer.restore`` fall back to the previous kept step (with a warning,
+setting the damaged step aside) or raise ``CheckpointError``; a damaged teacher artifact
+raises ``CheckpointError``. Both messages are one line naming the directory (and step) and
+the fix. Checkpoints written before checksums existed are restored unverified, with a
+warning.
 """
 
+import concurrent.futures
+import contextlib
 import dataclasses
+import hashlib
 import json
 import os
+import warnings
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
 from jkt import models
+
+CHECKSUM_KEY = "_checksum"
+"""Reserved key of the meta JSON that holds the content checksum."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or teacher artifact is damaged (content checksum mismatch, unreadable or
+    truncated files, missing metadata) or none usable is left; the message is one line
+    naming the directory and what to do."""
+
+
+class _Damaged(Exception):
+    """Internal: why one checkpoint cannot be trusted (a short reason, no location)."""
 
 
 def _path(p) -> epath.Path:
@@ -41,10 +72,14 @@ def _key_name(k) -> str:
     return str(k)
 
 
+def _path_name(path) -> str:
+    return "/".join(_key_name(k) for k in path)
+
+
 def _shape_table(tree) -> dict[str, tuple[int, ...]]:
     """``{"a/b/0/c": shape}`` for every leaf; dataclass fields and dict keys look alike."""
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {"/".join(_key_name(k) for k in path): tuple(x.shape) for path, x in leaves}
+    return {_path_name(path): tuple(x.shape) for path, x in leaves}
 
 
 def _check_compatible(stored, target, what: str, stored_name: str, target_name: str) -> None:
@@ -75,12 +110,182 @@ def _abstract(tree):
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
+# ---------------------------------------------------------------------------------------
+# Content checksums.
+
+_HASH_THREADS = min(8, os.cpu_count() or 1)
+_SHORT = 16  # hex digits kept per array in the record: enough to name the damaged arrays
+
+
+def _local_replica(x):
+    """What this process hashes for leaf ``x``: a PRNG key array as its key data (the
+    form Orbax stores), an array spread over several processes as its first local replica
+    (every process then hashes the same bytes), ``None`` for an array sharded across
+    processes (no process holds all of it, so it is left out of the checksum)."""
+    if isinstance(x, jax.Array):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x = jax.random.key_data(x)
+        if not x.is_fully_addressable:
+            return x.addressable_data(0) if x.is_fully_replicated else None
+    return x
+
+
+def _leaf_digest(a: np.ndarray) -> str:
+    h = hashlib.sha256(f"{a.dtype}{tuple(a.shape)}".encode())
+    h.update(np.ascontiguousarray(a).reshape(-1).view(np.uint8))  # hashlib drops the GIL
+    return h.hexdigest()
+
+
+def _digests(tree) -> dict[str, tuple[str, list[int], str | None]]:
+    """``{path: (dtype, shape, SHA-256 hex or None)}`` of every leaf of ``tree``, from one
+    device-to-host copy; large trees are hashed in parallel threads."""
+    named = [(_path_name(p), x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]]
+    local = [_local_replica(x) for _, x in named]
+    fetched = iter(jax.device_get([a for a in local if a is not None]))
+    host = [None if a is None else np.asarray(next(fetched)) for a in local]
+    arrays = [a for a in host if a is not None]
+    if len(arrays) > 1 and sum(a.nbytes for a in arrays) > 1 << 22:
+        with concurrent.futures.ThreadPoolExecutor(_HASH_THREADS) as pool:
+            hashed = iter(list(pool.map(_leaf_digest, arrays)))
+    else:
+        hashed = iter([_leaf_digest(a) for a in arrays])
+    out = {}
+    for (name, x), a in zip(named, host, strict=True):
+        ref = x if a is None else a
+        out[name] = (str(ref.dtype), list(ref.shape), None if a is None else next(hashed))
+    return out
+
+
+def _combine(digests: dict[str, str | None]) -> str:
+    """One SHA-256 over every leaf's path and digest, leaves sorted by path."""
+    h = hashlib.sha256()
+    for name in sorted(digests):
+        h.update(f"{name}\0{digests[name] or '-'}\n".encode())
+    return h.hexdigest()
+
+
+def _checksum(tree) -> dict:
+    """The content checksum record of ``tree``, JSON: ``{"algorithm": "sha256", "digest",
+    "leaves": {path: {"dtype", "shape", "sha256"}}}``.
+
+    ``digest`` covers every array's dtype, shape and bytes; ``leaves`` keeps a short digest
+    per array (to name the damaged ones) and its dtype (to read it back as stored).
+    """
+    d = _digests(tree)
+    return {
+        "algorithm": "sha256",
+        "digest": _combine({k: v[2] for k, v in d.items()}),
+        "leaves": {k: {"dtype": t, "shape": s, "sha256": h and h[:_SHORT]}
+                   for k, (t, s, h) in d.items()},
+    }
+
+
+def _mismatch(record, tree) -> str | None:
+    """``None`` if ``tree`` matches the checksum ``record``, else why not (short)."""
+    if (not isinstance(record, dict) or record.get("algorithm") != "sha256"
+            or not isinstance(record.get("digest"), str)
+            or not isinstance(record.get("leaves"), dict)):
+        return "malformed checksum record"
+    want = record["leaves"]
+    skip = {k for k, v in want.items() if isinstance(v, dict) and v.get("sha256") is None}
+    got = {k: (t, s, None if k in skip else h) for k, (t, s, h) in _digests(tree).items()}
+    if _combine({k: v[2] for k, v in got.items()}) == record["digest"]:
+        return None
+    short = {k: {"dtype": t, "shape": s, "sha256": h and h[:_SHORT]}
+             for k, (t, s, h) in got.items()}
+    bad = sorted(k for k in set(want) | set(short) if want.get(k) != short.get(k))
+    if not bad:
+        return "checksum mismatch"
+    more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+    return f"checksum mismatch in {', '.join(bad[:3])}{more}"
+
+
+def _as_recorded(abstract, record):
+    """``abstract`` with each leaf's dtype set to the one the checksum ``record`` holds,
+    so that the bytes read back are the bytes hashed (PRNG keys keep theirs)."""
+    leaves = record.get("leaves") if isinstance(record, dict) else None
+    if not isinstance(leaves, dict):
+        return abstract
+
+    def fix(path, x):
+        r = leaves.get(_path_name(path))
+        if (not isinstance(r, dict) or not isinstance(x, jax.ShapeDtypeStruct)
+                or jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)):
+            return x
+        try:
+            dtype = jnp.dtype(r.get("dtype"))
+        except TypeError:
+            return x
+        return x if dtype == x.dtype else jax.ShapeDtypeStruct(x.shape, dtype,
+                                                               sharding=x.sharding)
+
+    return jax.tree_util.tree_map_with_path(fix, abstract)
+
+
+def _cast_like(tree, abstract):
+    """``tree`` with each leaf in ``abstract``'s dtype (and sharding), as Orbax would have
+    restored it directly."""
+    def cast(x, t):
+        key = jax.dtypes.prng_key
+        if (x.dtype == t.dtype or jax.dtypes.issubdtype(x.dtype, key)
+                or jax.dtypes.issubdtype(t.dtype, key)):
+            return x
+        return jax.jit(lambda a: a.astype(t.dtype),
+                       out_shardings=getattr(t, "sharding", None))(x)
+
+    return jax.tree.map(cast, tree, abstract)
+
+
+def _describe(e: BaseException) -> str:
+    """``Type: first line`` of an exception, without TensorStore's spec dump."""
+    text = (str(e).strip().splitlines() or [""])[0]
+    for cut in (" See full TensorStore details", " [tensorstore_spec="):
+        text = text.split(cut)[0]
+    text = text if len(text) <= 200 else text[:197] + "..."
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _is_resource_error(e: BaseException) -> bool:
+    """Out of memory and the like: a failure of this process, not of the checkpoint."""
+    s = str(e)
+    return isinstance(e, MemoryError) or "RESOURCE_EXHAUSTED" in s or "out of memory" in s
+
+
+@contextlib.contextmanager
+def _reading(what: str):
+    """Turns a failure to read ``what`` into ``_Damaged`` (resource errors pass through)."""
+    try:
+        yield
+    except Exception as e:
+        if _is_resource_error(e):
+            raise
+        raise _Damaged(f"cannot read its {what}: {_describe(e)}") from e
+
+
+def _split_meta(raw) -> tuple[dict, Any]:
+    """``(meta without the checksum, checksum record or None)`` of a stored meta JSON."""
+    if raw is None:
+        raise _Damaged("its meta JSON is missing")
+    if not isinstance(raw, dict):
+        raise _Damaged(f"its meta JSON is a {type(raw).__name__}, not an object")
+    meta = dict(raw)
+    return meta, meta.pop(CHECKSUM_KEY, None)
+
+
 class TrainCheckpointer:
     """Keep-last-N checkpoints of a train-state pytree plus a JSON ``meta`` dict.
 
     ``save_interval_steps`` skips saves at steps that are not multiples of it (unless
     ``force``). Saves are asynchronous; call ``wait()`` before reading them back from
     another process and ``close()`` at the end of a run.
+
+    Every saved step carries a content checksum of the state (see the module docstring) in
+    its meta JSON; ``restore`` checks it. Computing it costs each save that is written (not
+    the skipped ones) one device-to-host copy of the state and one SHA-256 pass over its
+    bytes, on the calling thread before Orbax's asynchronous write starts: the values must
+    be read before the training step donates their buffers. Arrays replicated over several
+    processes are hashed from the local replica, so every process computes the same record
+    and the save stays one collective Orbax save.
     """
 
     def __init__(self, directory, max_to_keep: int | None = 3, save_interval_steps: int = 1):
@@ -97,14 +302,21 @@ class TrainCheckpointer:
         )
 
     def save(self, step: int, state, meta: dict | None = None, force: bool = False) -> bool:
-        """Saves ``state`` and ``meta`` (JSON-serialisable) at ``step``; True if it saved."""
-        args = ocp.args.Composite(
-            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta or {}))
-        )
-        return self._manager.save(int(step), args=args, force=force)
+        """Saves ``state`` and ``meta`` (JSON-serialisable; the key ``"_checksum"`` is
+        reserved) at ``step``; True if it saved."""
+        meta = dict(meta or {})
+        if CHECKSUM_KEY in meta:
+            raise ValueError(f"meta key {CHECKSUM_KEY!r} is reserved for the checksum")
+        step = int(step)
+        if not force and not self._manager.should_save(step):
+            return False
+        meta[CHECKSUM_KEY] = _checksum(state)
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        return self._manager.save(step, args=args, force=force)
 
     def latest_step(self) -> int | None:
-        """Most recent complete step, or None when there is none."""
+        """Most recent complete step, or None when there is none. Complete is not
+        undamaged: ``restore`` checks, and may fall back to an earlier step."""
         return self._manager.latest_step()
 
     def all_steps(self) -> list[int]:
@@ -112,28 +324,139 @@ class TrainCheckpointer:
 
     def restore(self, target_state, step: int | None = None) -> tuple[Any, dict]:
         """Restores ``(state, meta)`` at ``step`` (default: latest) into ``target_state``'s
-        structure, dtypes and shardings. Raises ``FileNotFoundError`` if there is no
-        checkpoint, ``ValueError`` if the stored tree does not match the target's."""
+        structure, dtypes and shardings, checking the content checksum.
+
+        Without ``step``, a damaged latest step (checksum mismatch, unreadable or truncated
+        files, missing metadata) gives a one-line warning and the previous kept step is
+        tried, and so on; the damaged steps newer than the one restored are then renamed
+        to ``<step>.damaged`` inside the directory (kept for inspection, out of the way of
+        the steps the resumed run saves again). Raises ``FileNotFoundError`` if there is no
+        checkpoint (or no ``step``), ``CheckpointError`` if the requested step, or every
+        step, is damaged, and ``ValueError`` if the stored tree does not match the
+        target's (a different run, not damage: no fallback).
+        """
+        steps = sorted(self.all_steps(), reverse=True)
+        if step is not None or not steps:
+            if step is None or int(step) not in steps:
+                raise FileNotFoundError(
+                    f"No complete checkpoint {'' if step is None else f'at step {step} '}"
+                    f"in {self.directory} (steps: {self.all_steps()})"
+                )
+            step = int(step)
+            try:
+                return self._restore_step(target_state, step)
+            except _Damaged as e:
+                others = [s for s in steps if s != step]
+                other = f"restore another step (kept: {others}) or " if others else ""
+                raise CheckpointError(
+                    f"checkpoint step {step} in {self.directory} is damaged ({e}); {other}"
+                    f"delete {self.directory} to start afresh"
+                ) from None
+        damaged: list[tuple[int, str]] = []
+        for s in steps:
+            try:
+                restored = self._restore_step(target_state, s)
+            except _Damaged as e:
+                damaged.append((s, str(e)))
+                continue
+            tried = [d for d, _ in damaged] + [s]
+            for (d, why), nxt in zip(damaged, tried[1:], strict=True):
+                warnings.warn(f"checkpoint step {d} in {self.directory} is damaged ({why}); "
+                              f"falling back to step {nxt}", stacklevel=2)
+            if damaged:
+                self._set_aside([d for d, _ in damaged])
+            return restored
+        why = "; ".join(f"step {d}: {r}" for d, r in damaged)
+        raise CheckpointError(
+            f"every checkpoint in {self.directory} is damaged ({why}); delete "
+            f"{self.directory} to start this run afresh"
+        )
+
+    def verify(self, step: int | None = None) -> bool:
+        """Checks ``step`` (default: latest) against its checksum without a target state,
+        reading its arrays into host memory. True if it matches, False if the step has no
+        checksum (written before checksums existed); raises ``CheckpointError`` if it is
+        damaged and ``FileNotFoundError`` if there is no such step."""
         step = self.latest_step() if step is None else int(step)
-        if step is None or step not in self._manager.all_steps():
+        if step is None or step not in self.all_steps():
             raise FileNotFoundError(
                 f"No complete checkpoint {'' if step is None else f'at step {step} '}"
                 f"in {self.directory} (steps: {self.all_steps()})"
             )
-        stored = self._manager.item_metadata(step)["state"]
+        try:
+            _, record = self._read_meta(step)
+            stored = self._read_stored_tree(step)
+            host = jax.tree.map(lambda a: np.empty(a.shape, a.dtype), stored)
+            state = self._read_state(step, host)
+            if record is None:
+                return False
+            why = _mismatch(record, state)
+            if why:
+                raise _Damaged(why)
+        except _Damaged as e:
+            raise CheckpointError(
+                f"checkpoint step {step} in {self.directory} is damaged ({e})") from None
+        return True
+
+    def _read_meta(self, step: int) -> tuple[dict, Any]:
+        with _reading("meta JSON"):
+            raw = self._manager.restore(
+                step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        return _split_meta(raw)
+
+    def _read_stored_tree(self, step: int):
+        with _reading("state metadata"):
+            stored = self._manager.item_metadata(step)["state"]
         stored = getattr(stored, "tree", stored)
+        if stored is None:
+            raise _Damaged("its state metadata is missing")
+        return stored
+
+    def _read_state(self, step: int, abstract):
+        with _reading("arrays"):
+            return self._manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+            )["state"]
+
+    def _restore_step(self, target_state, step: int) -> tuple[Any, dict]:
+        """``(state, meta)`` of one step, checked; ``_Damaged`` if it cannot be trusted."""
+        meta, record = self._read_meta(step)
+        stored = self._read_stored_tree(step)
+        target = _abstract(target_state)
         _check_compatible(
-            stored, _abstract(target_state), "Train-state checkpoint",
+            stored, target, "Train-state checkpoint",
             f"checkpoint step {step} in {self.directory}", "the target state",
         )
-        restored = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(_abstract(target_state)),
-                meta=ocp.args.JsonRestore(),
-            ),
-        )
-        return restored["state"], dict(restored["meta"] or {})
+        state = self._read_state(step, _as_recorded(target, record))
+        if record is None:
+            warnings.warn(f"checkpoint step {step} in {self.directory} has no checksum "
+                          "(written before checksums were recorded); restored unverified",
+                          stacklevel=3)
+        else:
+            why = _mismatch(record, state)
+            if why:
+                raise _Damaged(why)
+        return _cast_like(state, target), meta
+
+    def _set_aside(self, steps: list[int]) -> None:
+        """Renames damaged steps to ``<step>.damaged[.k]`` (a name Orbax does not list): the
+        primary process renames, every process then re-reads the step list, so that the
+        resumed run can save those steps again."""
+        self._manager.wait_until_finished()
+        if jax.process_index() == 0:
+            for s in steps:
+                src = self.directory / str(s)
+                dst, k = self.directory / f"{s}.damaged", 0
+                while dst.exists():
+                    k += 1
+                    dst = self.directory / f"{s}.damaged.{k}"
+                if src.exists():
+                    src.rename(dst)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"jkt.checkpoint set aside {self.directory}")
+        self._manager.reload()
 
     def wait(self) -> None:
         """Blocks until pending asynchronous saves are complete."""
@@ -212,9 +535,14 @@ def _teacher_variables_target(meta: TeacherMeta, **overrides):
     return model, models.abstract_variables(model, tuple(meta.input_size))
 
 
+def _teacher_fix(path) -> str:
+    return f"delete {path} and re-create it (train or import the teacher again)"
+
+
 def save_teacher(path, variables, meta: TeacherMeta, overwrite: bool = False) -> epath.Path:
     """Writes ``variables`` (``{"params", "batch_stats"}``) and ``meta`` to directory
-    ``path`` atomically. Raises ``ValueError`` if the variables do not fit ``meta.arch``."""
+    ``path`` atomically, with a content checksum of the variables in the meta JSON (key
+    ``"_checksum"``). Raises ``ValueError`` if the variables do not fit ``meta.arch``."""
     path = _path(path)
     variables = {k: variables[k] for k in ("params", "batch_stats") if k in variables}
     _, target = _teacher_variables_target(meta)
@@ -222,26 +550,44 @@ def save_teacher(path, variables, meta: TeacherMeta, overwrite: bool = False) ->
         variables, target, "Teacher variables", "the given variables",
         f"architecture {meta.arch!r} with options {meta.model_options}",
     )
+    meta_json = {**meta.to_json(), CHECKSUM_KEY: _checksum(variables)}
     with _teacher_checkpointer() as ckptr:
         ckptr.save(
             path,
             args=ocp.args.Composite(
                 variables=ocp.args.StandardSave(variables),
-                meta=ocp.args.JsonSave(meta.to_json()),
+                meta=ocp.args.JsonSave(meta_json),
             ),
             force=overwrite,
         )
     return path
 
 
+def _read_teacher(path: epath.Path) -> tuple[TeacherMeta, Any]:
+    """``(meta, checksum record or None)`` of the artifact at ``path``."""
+    if not path.exists():
+        raise FileNotFoundError(
+            f"No teacher artifact at {path}; check the path, or create one "
+            "(train or import a teacher)")
+    meta_file = path / "meta" / "metadata"
+    try:
+        with _reading("meta JSON"):
+            with _teacher_checkpointer() as ckptr:
+                raw = ckptr.restore(path, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+                raw = raw["meta"]
+        meta, record = _split_meta(raw)
+        with _reading("meta JSON"):
+            return TeacherMeta.from_json(meta), record
+    except _Damaged as e:
+        raise CheckpointError(f"Teacher artifact at {path} is damaged: {e} (meta JSON file "
+                              f"{meta_file}); {_teacher_fix(path)}") from None
+
+
 def read_teacher_meta(path) -> TeacherMeta:
-    """The ``TeacherMeta`` of the artifact at ``path``, without loading its weights."""
-    path = _path(path)
-    if not (path / "meta").exists():
-        raise FileNotFoundError(f"No teacher artifact at {path}")
-    with _teacher_checkpointer() as ckptr:
-        raw = ckptr.restore(path, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-    return TeacherMeta.from_json(raw["meta"])
+    """The ``TeacherMeta`` of the artifact at ``path``, without loading its weights.
+    Raises ``FileNotFoundError`` if ``path`` does not exist and ``CheckpointError`` (naming
+    the meta JSON file) if its meta JSON is missing, garbled or incomplete."""
+    return _read_teacher(_path(path))[0]
 
 
 def restore_teacher(
@@ -250,33 +596,52 @@ def restore_teacher(
     model_overrides: dict | None = None,
     sharding: jax.sharding.Sharding | None = None,
 ) -> Teacher:
-    """Loads the teacher artifact at ``path``.
+    """Loads the teacher artifact at ``path``, checking its content checksum.
 
     ``expect_arch`` (e.g. ``"resnet34"``) guards against loading the wrong teacher;
     ``model_overrides`` changes non-structural options such as ``dtype``; ``sharding``
     (e.g. replicated over a mesh) places every variable, default: the default device. Raises
-    ``FileNotFoundError`` for a missing artifact and ``ValueError`` for an architecture or
-    shape mismatch.
+    ``FileNotFoundError`` for a missing artifact, ``CheckpointError`` (one line naming the
+    path and the fix) for a damaged one (checksum mismatch, unreadable or truncated arrays,
+    missing or garbled meta JSON) and ``ValueError`` for an architecture or shape mismatch.
+    An artifact saved before checksums existed is restored unverified, with a warning.
     """
     path = _path(path)
-    meta = read_teacher_meta(path)
+    meta, record = _read_teacher(path)
     if expect_arch is not None and meta.arch != expect_arch:
         raise ValueError(
             f"Teacher artifact at {path} holds architecture {meta.arch!r}, "
-            f"but {expect_arch!r} was expected"
+            f"but {expect_arch!r} was expected; pass a {expect_arch} teacher's artifact, or "
+            f"delete {path} to have it re-created"
         )
     model, target = _teacher_variables_target(meta, **(model_overrides or {}))
     if sharding is not None:
         target = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), target
         )
-    with _teacher_checkpointer() as ckptr:
-        stored = ckptr.metadata(path).item_metadata["variables"]
-        _check_compatible(
-            getattr(stored, "tree", stored), target, "Teacher artifact",
-            f"the weights at {path}", f"architecture {meta.arch!r} ({meta.model_options})",
-        )
-        raw = ckptr.restore(
-            path, args=ocp.args.Composite(variables=ocp.args.StandardRestore(target))
-        )
-    return Teacher(meta=meta, model=model, variables=raw["variables"])
+    try:
+        with _teacher_checkpointer() as ckptr:
+            with _reading("weights metadata"):
+                stored = ckptr.metadata(path).item_metadata["variables"]
+            stored = getattr(stored, "tree", stored)
+            if stored is None:
+                raise _Damaged("its weights metadata is missing")
+            _check_compatible(
+                stored, target, "Teacher artifact",
+                f"the weights at {path}", f"architecture {meta.arch!r} ({meta.model_options})",
+            )
+            with _reading("weights"):
+                raw = ckptr.restore(path, args=ocp.args.Composite(
+                    variables=ocp.args.StandardRestore(_as_recorded(target, record))))
+        variables = raw["variables"]
+        if record is None:
+            warnings.warn(f"Teacher artifact at {path} has no checksum (saved before checksums "
+                          "were recorded); restored unverified", stacklevel=2)
+        else:
+            why = _mismatch(record, variables)
+            if why:
+                raise _Damaged(why)
+    except _Damaged as e:
+        raise CheckpointError(
+            f"Teacher artifact at {path} is damaged ({e}); {_teacher_fix(path)}") from None
+    return Teacher(meta=meta, model=model, variables=_cast_like(variables, target))

@@ -363,14 +363,23 @@ def _restore_or_init(runs: _Runs, ckpts, tx, train: Split,
     if ckpts[0].latest_step() is not None:
         states = [_restore(ckpt, w, state, runs.data_meta)
                   for w, ckpt in zip(runs.workdirs, ckpts, strict=True)]
-        resumed_from = int(jax.device_get(states[0].step))
+        steps = [int(jax.device_get(s.step)) for s in states]
+        if len(set(steps)) > 1:  # a damaged step fell back in some runs, not in others
+            states = [_restore(ckpt, w, state, runs.data_meta, step=min(steps))
+                      for w, ckpt in zip(runs.workdirs, ckpts, strict=True)]
+        resumed_from = min(steps)
     packed = fused.pack_states(states)
     return jax.device_put(packed, parallel.replicated(runs.mesh)), resumed_from
 
 
 def _restore(ckpt: TrainCheckpointer, workdir: Path, target: TrainState,
-             data_meta: dict) -> TrainState:
-    restored, meta = ckpt.restore(target)
+             data_meta: dict, step: int | None = None) -> TrainState:
+    """The latest good checkpoint (or ``step``) of one run, checked against its data."""
+    try:
+        restored, meta = ckpt.restore(target, step=step)
+    except FileNotFoundError:
+        raise ValueError(f"the fused runs' checkpoints in {workdir} have no common step "
+                         f"{step}; rerun with --fusion off to resume them one by one") from None
     stored = {k: meta.get(k) for k in data_meta}
     if stored != data_meta:
         raise ValueError(f"checkpoint in {workdir} was written for {stored}, this run is "
