@@ -1,15 +1,15 @@
-"""Tests for jkt.data sources: image folders/archives, MIT Indoor layout, digits, tfds.
+"""Tests for jkt.data sources: image folders/archives, MIT Indoor layout, digits.
 
-All image data is generated here with PIL; nothing touches the network.
+All image data is generated here with PIL; nothing touches the network. The tfds source
+is tested in ``data_tfds_test.py``.
 """
 
 import io
+import logging
 import os
-import socket
 import subprocess
 import sys
 import tarfile
-import time
 import warnings
 import zipfile
 from pathlib import Path
@@ -209,6 +209,23 @@ def test_folder_cache_hit_and_invalidation(tmp_path, monkeypatch):
         data.load(f"folder:{root}", image_size=SIZE + 1)
 
 
+def test_folder_damaged_cache_warns_and_rebuilds(tmp_path, caplog):
+    root = _write(tmp_path / "imgs", _class_files(corrupt=False))
+    first, _ = _load_quiet(f"folder:{root}", cache_dir=tmp_path / "c")
+    (entry,) = (tmp_path / "c").glob("*.npz")
+    good = entry.read_bytes()
+    for damaged in (good[:-100], good[:500] + bytes([good[500] ^ 0xFF]) + good[501:]):
+        entry.write_bytes(damaged)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="jkt.data.cache"):
+            again, _ = _load_quiet(f"folder:{root}", cache_dir=tmp_path / "c")
+        chex.assert_trees_all_equal((first.train.images, first.test.labels),
+                                    (again.train.images, again.test.labels))
+        (warning,) = caplog.records
+        assert "is damaged" in warning.getMessage() and "\n" not in warning.getMessage()
+        assert entry.read_bytes() == good
+
+
 def test_folder_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does-not-exist"):
         data.load(f"folder:{tmp_path / 'does-not-exist'}")
@@ -234,54 +251,6 @@ def test_digits():
     chex.assert_trees_all_equal(ds.val.labels, again.val.labels)
     small = data.load("digits", image_size=8)
     assert small.image_shape == (8, 8, 3)
-
-
-def _block_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise OSError("network disabled in tests")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-
-
-@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
-def test_tfds_offline_fails_fast_with_instructions(tmp_path, monkeypatch, name):
-    _block_network(monkeypatch)
-    start = time.perf_counter()
-    with pytest.raises(data.DatasetNotFoundError) as err:
-        data.load(name, data_dir=tmp_path)
-    assert time.perf_counter() - start < 5
-    assert isinstance(err.value, FileNotFoundError)
-    msg = str(err.value)
-    assert f"tfds build {name} --file_format=array_record" in msg
-    assert str(tmp_path) in msg and "data_dir" in msg and "--data-dir" in msg
-
-
-def test_tfds_default_dir_and_partial_preparation(tmp_path, monkeypatch):
-    _block_network(monkeypatch)
-    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
-    (tmp_path / "cifar100" / "3.0.2").mkdir(parents=True)
-    (tmp_path / "cifar100" / "3.0.2" / "dataset_info.json").write_text("{}")
-    (tmp_path / "cifar100" / "3.0.2" / "cifar100-train.tfrecord-00000-of-00001").write_text("")
-    start = time.perf_counter()
-    with pytest.raises(FileNotFoundError, match="rebuild with --file_format=array_record"):
-        data.load("cifar100")
-    assert time.perf_counter() - start < 5
-
-
-def test_tfds_reads_through_data_source_on_mock_data(tmp_path, monkeypatch):
-    tfds = pytest.importorskip("tensorflow_datasets")
-    _block_network(monkeypatch)
-    version_dir = tmp_path / "cifar10" / "3.0.2"
-    version_dir.mkdir(parents=True)
-    (version_dir / "dataset_info.json").write_text("{}")
-    (version_dir / "cifar10-train.array_record-00000-of-00001").write_text("")
-    with tfds.testing.mock_data(num_examples=12):
-        ds = data.load("cifar10", data_dir=tmp_path, val_fraction=0.25)
-    assert len(ds.train) + len(ds.val) == 12 and len(ds.test) == 12
-    assert ds.num_classes == 10 and ds.image_shape == (32, 32, 3)
-    chex.assert_type([ds.train.images, ds.train.labels], [np.uint8, np.int32])
 
 
 def test_import_does_not_load_tfds_or_sklearn():

@@ -9,16 +9,16 @@ Recognised layouts, after dropping a single wrapping top-level directory:
 
 Images are decoded in parallel threads (PIL releases the GIL while decoding), converted
 to RGB and resized to ``image_size`` square (bilinear, antialiased), and the decoded
-arrays are cached as ``.npz`` under ``cache_dir`` (default ``$JKT_CACHE`` or
-``~/.cache/jkt``), keyed by the path, its size and mtime, and ``image_size``.
+arrays are cached with :mod:`jkt.data.cache` under ``cache_dir`` (default ``$JKT_CACHE`` or
+``~/.cache/jkt``), keyed by the path, the names, sizes and mtimes of its files, and
+``image_size``. The path may be a URI (``gs://bucket/images.tar``), read through
+:mod:`etils.epath`.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import hashlib
 import io
-import json
 import logging
 import os
 import tarfile
@@ -29,23 +29,25 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+from etils import epath
 from PIL import Image
 
+from jkt.data import cache as cache_lib
+from jkt.data.cache import default_cache_dir
 from jkt.data.types import Split
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".webp", ".tif", ".tiff")
 MIT_LISTS = {"train": "TrainImages.txt", "test": "TestImages.txt"}
-_CACHE_VERSION = 1
 _ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2")
+_CACHE_KEYS = ("train_images", "train_labels", "test_images", "test_labels", "has_test",
+               "class_names")
+
+__all__ = ["IMAGE_EXTENSIONS", "default_cache_dir", "load_folder"]
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("JKT_CACHE") or "~/.cache/jkt").expanduser()
-
-
-def _is_archive(path: Path) -> bool:
+def _is_archive(path: epath.Path) -> bool:
     return path.is_file() and path.name.lower().endswith(_ARCHIVE_SUFFIXES)
 
 
@@ -64,24 +66,33 @@ def _is_list(name: str) -> bool:
 # ---------------------------------------------------------------------------- reading
 
 
-def _iter_files(path: Path) -> Iterator[tuple[str, bytes]]:
+def _iter_files(path: epath.Path) -> Iterator[tuple[str, bytes]]:
     """``(posix relative name, bytes)`` of the images and MIT lists in a folder or archive."""
-    if path.is_dir():
+    if path.is_dir() and cache_lib.scheme(path) is None:  # local: plain os calls, faster
         for root, dirs, files in os.walk(path):
             dirs.sort()
             for f in sorted(files):
-                full = Path(root, f)
+                full = os.path.join(root, f)
+                name = os.path.relpath(full, path).replace(os.sep, "/")
+                if _is_image(name) or _is_list(name):
+                    with open(full, "rb") as fobj:
+                        yield name, fobj.read()
+    elif path.is_dir():
+        for root, dirs, files in path.walk():
+            dirs.sort()
+            for f in sorted(files):
+                full = root / f
                 name = full.relative_to(path).as_posix()
                 if _is_image(name) or _is_list(name):
                     yield name, full.read_bytes()
     elif path.name.lower().endswith(".zip"):
-        with zipfile.ZipFile(path) as zf:
+        with path.open("rb") as fobj, zipfile.ZipFile(fobj) as zf:
             for info in zf.infolist():
                 if not info.is_dir() and (_is_image(info.filename) or _is_list(info.filename)):
                     yield info.filename, zf.read(info)
     else:
         # Streaming mode ("r|*"): one sequential pass, no seeking in compressed data.
-        with tarfile.open(path, "r|*") as tf:
+        with path.open("rb") as fobj, tarfile.open(fileobj=fobj, mode="r|*") as tf:
             for member in tf:
                 if member.isfile() and (_is_image(member.name) or _is_list(member.name)):
                     f = tf.extractfile(member)
@@ -105,7 +116,7 @@ def _decode_chunk(chunk: list[tuple[str, bytes]], image_size: int):
     return [(name, _decode(data, image_size)) for name, data in chunk]
 
 
-def _read_all(path: Path, image_size: int, workers: int | None, chunk_size: int = 256):
+def _read_all(path: epath.Path, image_size: int, workers: int | None, chunk_size: int = 256):
     """Decodes every image in ``path``; returns ``(images by name, list texts, bad names)``.
 
     Reading (sequential; decompression releases the GIL) overlaps with decoding in a
@@ -153,7 +164,7 @@ def _strip_wrappers(names: list[str]) -> str:
     return prefix
 
 
-def _find_lists(texts: dict[str, str], path: Path) -> dict[str, str] | None:
+def _find_lists(texts: dict[str, str], path: epath.Path) -> dict[str, str] | None:
     """MIT Indoor split lists, from inside the folder/archive or beside it."""
     found = {}
     for split, fname in MIT_LISTS.items():
@@ -162,7 +173,7 @@ def _find_lists(texts: dict[str, str], path: Path) -> dict[str, str] | None:
         if inside:
             found[split] = inside[0]
         elif beside.is_file():
-            found[split] = beside.read_text(errors="replace")
+            found[split] = beside.read_bytes().decode("utf-8", errors="replace")
     return found if len(found) == len(MIT_LISTS) else None
 
 
@@ -202,27 +213,15 @@ def _assign(
 # ---------------------------------------------------------------------------- cache
 
 
-def _fingerprint(path: Path) -> dict:
-    stat = path.stat()
-    fp = {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    if path.is_dir():
-        count, total, latest = 0, 0, 0
-        for root, _, files in os.walk(path):
-            for f in files:
-                s = os.stat(os.path.join(root, f))
-                count, total, latest = count + 1, total + s.st_size, max(latest, s.st_mtime_ns)
-        fp.update(files=count, total=total, latest=latest)
+def _cache_file(path: epath.Path, image_size: int, cache_dir) -> Path:
+    """The cache entry of ``path`` decoded at ``image_size``; MIT lists beside it count too."""
+    lists = []
     for fname in MIT_LISTS.values():
         beside = path.parent / fname
         if beside.is_file():
-            fp[fname] = beside.stat().st_mtime_ns
-    return fp
-
-
-def _cache_path(path: Path, image_size: int, cache_dir: Path) -> Path:
-    key = json.dumps([_CACHE_VERSION, _fingerprint(path), image_size], sort_keys=True)
-    digest = hashlib.sha1(key.encode()).hexdigest()[:16]
-    return cache_dir / f"folder-{path.name}-{image_size}px-{digest}.npz"
+            lists.append(cache_lib.list_files(beside))
+    key = (cache_lib.fingerprint(path), lists, image_size)
+    return cache_lib.cache_file(cache_dir, f"folder-{path.name}-{image_size}px", "folder", *key)
 
 
 # ---------------------------------------------------------------------------- public
@@ -238,7 +237,8 @@ def load_folder(
     """Reads an image folder or archive.
 
     Args:
-      path: folder, or ``.zip`` / ``.tar[.gz|.xz|.bz2]`` archive of one.
+      path: folder, or ``.zip`` / ``.tar[.gz|.xz|.bz2]`` archive of one; local or a URI
+        (``gs://...``, needs that scheme's :mod:`etils.epath` backend).
       image_size: output side length; images are resized to ``image_size`` square.
       cache_dir: where decoded arrays are cached; ``None`` means :func:`default_cache_dir`.
       workers: decoding threads (default: CPU count + 4, at most 32).
@@ -249,28 +249,25 @@ def load_folder(
 
     Raises:
       FileNotFoundError: ``path`` does not exist.
-      ValueError: no labelled images were found.
+      ValueError: no labelled images were found; a URI whose backend is not installed.
     """
-    path = Path(path).expanduser()
-    if not path.exists():
+    path = cache_lib.as_path(path)
+    with cache_lib.storage_errors(path):
+        exists = path.exists()
+    if not exists:
         raise FileNotFoundError(
             f"image folder/archive {str(path)!r} does not exist (expected a folder with one "
             f"sub-folder per class, or a .zip/.tar/.tar.gz/.tar.xz archive of one)"
         )
     if not (path.is_dir() or _is_archive(path)):
         raise ValueError(f"{path} is neither a folder nor a .zip/.tar/.tar.gz/.tar.xz archive")
-    cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    cache_file = _cache_path(path, image_size, cache_dir)
-    if cache_file.is_file():
-        try:
-            with np.load(cache_file) as z:
-                train = Split(z["train_images"], z["train_labels"])
-                test = Split(z["test_images"], z["test_labels"]) if z["has_test"] else None
-                class_names = tuple(str(c) for c in z["class_names"])
-            log.info("loaded %s from cache %s", path, cache_file)
-            return train, test, class_names
-        except (OSError, KeyError, ValueError) as e:
-            log.warning("ignoring unreadable cache %s: %s", cache_file, e)
+    cache_file = _cache_file(path, image_size, cache_dir)
+    z = cache_lib.load_arrays(cache_file, _CACHE_KEYS)
+    if z is not None:
+        train = Split(z["train_images"], z["train_labels"])
+        test = Split(z["test_images"], z["test_labels"]) if z["has_test"] else None
+        log.info("loaded %s from cache %s", path, cache_file)
+        return train, test, tuple(str(c) for c in z["class_names"])
 
     t0 = time.perf_counter()
     images, texts, bad = _read_all(path, image_size, workers)
@@ -308,17 +305,13 @@ def load_folder(
         time.perf_counter() - t0,
     )
 
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_suffix(f".tmp{os.getpid()}.npz")
     empty = np.zeros((0, image_size, image_size, 3), np.uint8)
-    np.savez(
-        tmp,
-        train_images=train.images,
-        train_labels=train.labels,
-        test_images=test.images if test else empty,
-        test_labels=test.labels if test else np.zeros((0,), np.int32),
-        has_test=np.array(has_test),
-        class_names=np.array(class_names),
-    )
-    os.replace(tmp, cache_file)
+    cache_lib.save_arrays(cache_file, {
+        "train_images": train.images,
+        "train_labels": train.labels,
+        "test_images": test.images if test else empty,
+        "test_labels": test.labels if test else np.zeros((0,), np.int32),
+        "has_test": np.array(has_test),
+        "class_names": np.array(class_names),
+    })
     return train, test, class_names

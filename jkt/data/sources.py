@@ -37,19 +37,20 @@ def load(
         data held out as ``test``; fixed (independent of ``seed``) so every run of a
         dataset is evaluated on the same test images.
       seed: selects the validation split.
-      data_dir: tfds data directory (default ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
-      cache_dir: decoded-image cache for ``folder:`` (default ``$JKT_CACHE`` or
-        ``~/.cache/jkt``).
+      data_dir: tfds data directory, a local path or a URI such as ``gs://bucket/tfds``
+        (default ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
+      cache_dir: cache of decoded arrays for ``cifar10``/``cifar100`` and ``folder:``
+        (default ``$JKT_CACHE`` or ``~/.cache/jkt``; see :mod:`jkt.data.cache`).
 
     Returns:
       A :class:`Dataset` whose ``mean``/``std`` come from its ``train`` split.
 
     Raises:
-      ValueError: unknown ``name``.
+      ValueError: unknown ``name``; a damaged data file (named in the message).
       FileNotFoundError: missing data (``DatasetNotFoundError`` for tfds, with instructions).
     """
     if name in tfds_source.TFDS_NAMES:
-        train, test, class_names = tfds_source.load_tfds(name, data_dir)
+        train, test, class_names = tfds_source.load_tfds(name, data_dir, cache_dir=cache_dir)
     elif name == "digits":
         full, class_names = digits_lib.load_digits(image_size)
         train, test = splits.split_off_test(full, test_fraction)
