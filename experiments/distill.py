@@ -30,7 +30,7 @@ FLAGS = (
     cli.Flag("--methods", "methods", "comma list of ce, ce+act, ce+jac, ce+act+jac, act, act+jac"),
     cli.Flag("--n-per-class", "n_per_class", "comma list of points per class, e.g. 1,5,10,full"),
     cli.Flag("--seeds", "seeds", "comma list of seeds, e.g. 0,1,2"),
-    cli.Flag("--estimator", "estimator", "label | top | random | rademacher | jvp | full"),
+    cli.Flag("--estimator", "estimator", "label | top | random | rademacher | sphere | jvp | full"),
     cli.Flag("--normalize", "normalize", "match Jacobians in the eq.-10 normalised form",
              const=True),
     cli.Flag("--student", "student", "student architecture (vgg4, vgg9, resnet34)"),

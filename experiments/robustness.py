@@ -28,7 +28,7 @@ FLAGS = (
     cli.Flag("--noise-draws", "noise_draws", "noise draws per σ"),
     cli.Flag("--weight-decay", "weight_decay", "ℓ2 baseline γ (0: skip the baseline)"),
     cli.Flag("--dropout", "dropout", "dropout baseline p (0: skip the baseline)"),
-    cli.Flag("--estimator", "estimator", "label | top | random | rademacher | jvp | full"),
+    cli.Flag("--estimator", "estimator", "label | top | random | rademacher | sphere | jvp | full"),
     cli.Flag("--model", "model", "architecture (vgg4, vgg9, resnet34)"),
     cli.Flag("--width-multiplier", "model_options.width_multiplier", "channel width"),
     cli.Flag("--max-steps", "max_steps", "cap on steps per model"),

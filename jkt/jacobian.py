@@ -16,6 +16,7 @@ estimator       cost per network             what it estimates
 ``top``         1 reverse pass               the teacher's top output row (§4.1)
 ``random``      1 reverse pass               full loss, unbiased: v ~ N(0, I_K) in output space
 ``rademacher``  1 reverse pass               full loss, unbiased, lower variance (v ∈ {±1}^K)
+``sphere``      1 reverse pass               full loss, unbiased, lower variance (‖v‖ = √K)
 ``jvp``         1 forward-mode pass          full loss, unbiased: u ~ N(0, I_D) in input space
 ``full``        K reverse passes             exact full loss
 ==============  ===========================  ==============================================
@@ -23,7 +24,12 @@ estimator       cost per network             what it estimates
 For Gaussian probes the output- and input-space estimators have the *same* variance,
 ``2 ‖A Aᵀ‖_F²`` with ``A = J_s - J_t`` (``vᵀAAᵀv`` and ``uᵀAᵀAu`` are Gaussian quadratic
 forms of matrices with equal non-zero spectra); Rademacher probes remove the diagonal
-part, ``2(‖AAᵀ‖_F² - Σ_i (AAᵀ)_ii²)``. ``tests/jacobian_test.py`` measures all three.
+part, ``2(‖AAᵀ‖_F² - Σ_i (AAᵀ)_ii²)``. Probes uniform on the sphere of radius ``√K``
+(the default of facebookresearch/jacobian_regularizer) have ``E[(vᵀMv)²] =
+K/(K+2)·(tr(M)² + 2 tr(M²))`` for ``M = AAᵀ``, hence variance
+``2(K ‖AAᵀ‖_F² - tr(AAᵀ)²)/(K+2)``: always below the Gaussian's (the probe's length
+no longer fluctuates), zero when ``AAᵀ`` is a multiple of ``I``. Neither of Rademacher
+and sphere dominates the other in general. ``tests/jacobian_test.py`` measures all four.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ import jax.numpy as jnp
 
 from jkt.losses import attention_map
 
-COTANGENT_MODES = ("label", "top", "random", "rademacher")
+COTANGENT_MODES = ("label", "top", "random", "rademacher", "sphere")
 
 Fn = Callable[[jax.Array], jax.Array]
 
@@ -174,9 +180,13 @@ def select_cotangent(
       mode: ``"label"`` one-hot of ``labels``; ``"top"`` one-hot of ``argmax(logits)``;
         ``"random"`` standard Gaussian (``E[vvᵀ] = I``: the matching loss becomes an
         unbiased estimate of the full-Jacobian loss); ``"rademacher"`` uniform ``±1``
-        (also ``E[vvᵀ] = I``, lower variance).
+        (also ``E[vvᵀ] = I``, lower variance); ``"sphere"`` uniform on the sphere of
+        radius ``√K``, ``v = √K·g/‖g‖`` with ``g ~ N(0, I_K)`` per example (also
+        ``E[vvᵀ] = I``, always lower variance than ``"random"``; the default probe of
+        facebookresearch/jacobian_regularizer, which draws the unit vector and scales
+        the loss by ``K``: the same estimator).
       labels: ``(B,)`` integer labels, required for ``"label"``.
-      key: PRNG key, required for ``"random"`` / ``"rademacher"``.
+      key: PRNG key, required for ``"random"`` / ``"rademacher"`` / ``"sphere"``.
     Returns:
       ``(B, K)`` array in ``logits.dtype`` (no gradient flows through it).
     """
@@ -191,13 +201,21 @@ def select_cotangent(
         return jax.nn.one_hot(labels, k, dtype=logits.dtype)
     if mode == "top":
         return jax.nn.one_hot(jnp.argmax(jax.lax.stop_gradient(logits), -1), k, dtype=logits.dtype)
-    if mode in ("random", "rademacher"):
+    if mode in ("random", "rademacher", "sphere"):
         if key is None:
             raise ValueError(f"select_cotangent: mode {mode!r} needs a PRNG key")
         if mode == "random":
             return jax.random.normal(key, (b, k), logits.dtype)
-        return jax.random.rademacher(key, (b, k), logits.dtype)
+        if mode == "rademacher":
+            return jax.random.rademacher(key, (b, k), logits.dtype)
+        return _sphere(key, b, k).astype(logits.dtype)
     raise ValueError(f"select_cotangent: unknown mode {mode!r}; valid modes: {COTANGENT_MODES}")
+
+
+def _sphere(key: jax.Array, b: int, k: int) -> jax.Array:
+    """``(B, K)`` rows uniform on the sphere of radius ``√K`` (normalised in float32)."""
+    g = jax.random.normal(key, (b, k), jnp.float32)
+    return g * (jnp.sqrt(jnp.float32(k)) / jnp.linalg.norm(g, axis=-1, keepdims=True))
 
 
 def input_tangent(key: jax.Array, x: jax.Array) -> jax.Array:

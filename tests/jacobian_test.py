@@ -105,11 +105,51 @@ def test_jvp_equals_j_times_u(setup):
     assert rel_err(jv, ref) < 1e-5
 
 
+def sphere_variance(m):
+    """Closed-form variance of vᵀMv for v uniform on the sphere of radius √K, M (..., K, K)
+    symmetric: E[(vᵀMv)²] = K/(K+2)·(tr(M)² + 2 tr(M²)) and E[vᵀMv] = tr(M), so
+    Var = 2(K ‖M‖_F² - tr(M)²)/(K+2)."""
+    k = m.shape[-1]
+    tr = jnp.trace(m, axis1=-2, axis2=-1)
+    return 2 * (k * jnp.sum(m * m, axis=(-2, -1)) - tr**2) / (k + 2)
+
+
+@pytest.mark.parametrize("k", [2, 5, 10])
+def test_sphere_probe_moments_match_closed_form(k):
+    """Sphere probes: rows of norm √K, E[vvᵀ] = I, E[vᵀMv] = tr M, and the fourth moment
+    E[(vᵀMv)²] = K/(K+2)·(tr(M)² + 2 tr(M²)) for M = AAᵀ, checked by Monte Carlo."""
+    n = 200_000
+    v = jj.select_cotangent(jnp.zeros((n, k)), "sphere", key=jax.random.key(40))
+    chex.assert_shape(v, (n, k))
+    np.testing.assert_allclose(jnp.linalg.norm(v, axis=-1), np.sqrt(k), rtol=1e-5)
+    np.testing.assert_allclose(v.T @ v / n, np.eye(k), atol=0.02)
+    a = jax.random.normal(jax.random.key(41), (k, 3 * k))
+    m = a @ a.T
+    q = jnp.einsum("nk,kl,nl->n", v, m, v)
+    tr, tr2 = jnp.trace(m), jnp.trace(m @ m)
+    np.testing.assert_allclose(jnp.mean(q), tr, rtol=0.01)
+    np.testing.assert_allclose(jnp.mean(q**2), k / (k + 2) * (tr**2 + 2 * tr2), rtol=0.02)
+    np.testing.assert_allclose(jnp.var(q), sphere_variance(m), rtol=0.03)
+
+
+def test_sphere_and_rademacher_variances_are_not_ordered():
+    """Neither probe dominates: Rademacher is exact for diagonal M, sphere for M ∝ I, and
+    for M = 11ᵀ (all-equal entries) the sphere's variance is the smaller."""
+    k = 5
+    rad = lambda m: 2 * (jnp.sum(m * m) - jnp.sum(jnp.diag(m) ** 2))
+    diag = jnp.diag(jnp.arange(1.0, k + 1))
+    ones = jnp.ones((k, k))
+    assert rad(diag) == 0 < sphere_variance(diag)
+    assert sphere_variance(ones) < rad(ones)
+    np.testing.assert_allclose(sphere_variance(3 * jnp.eye(k)), 0, atol=1e-5)
+
+
 def test_random_estimators_are_unbiased_and_variances_as_derived():
-    """Output-space (Gaussian, Rademacher) and input-space probes vs the full loss.
+    """Output-space (Gaussian, Rademacher, sphere) and input-space probes vs the full loss.
 
     For A = J_s - J_t (K x D) per example: Gaussian probes in either space have variance
-    2‖AAᵀ‖_F²; Rademacher output probes 2(‖AAᵀ‖_F² - Σ diag(AAᵀ)²).
+    2‖AAᵀ‖_F²; Rademacher output probes 2(‖AAᵀ‖_F² - Σ diag(AAᵀ)²); sphere output probes
+    2(K ‖AAᵀ‖_F² - tr(AAᵀ)²)/(K+2), measured below the Gaussian's on this network.
     """
     ps, fs, _ = make_cnn(jax.random.key(10))
     pt, ft, _ = make_cnn(jax.random.key(11))
@@ -122,6 +162,7 @@ def test_random_estimators_are_unbiased_and_variances_as_derived():
     aat = jnp.einsum("bkd,bld->bkl", a, a)
     var_gauss = 2 * jnp.sum(aat**2, axis=(1, 2))
     var_rad = var_gauss - 2 * jnp.sum(jnp.diagonal(aat, axis1=1, axis2=2) ** 2, -1)
+    var_sphere = sphere_variance(aat)
 
     logits = student(x)
 
@@ -144,6 +185,7 @@ def test_random_estimators_are_unbiased_and_variances_as_derived():
     samples = {
         "random": jax.lax.map(lambda k: output_space(k, "random"), keys, batch_size=2000),
         "rademacher": jax.lax.map(lambda k: output_space(k, "rademacher"), keys, batch_size=2000),
+        "sphere": jax.lax.map(lambda k: output_space(k, "sphere"), keys, batch_size=2000),
         "jvp": jax.lax.map(input_space, keys, batch_size=2000),
     }
     for name, s in samples.items():
@@ -153,7 +195,11 @@ def test_random_estimators_are_unbiased_and_variances_as_derived():
     np.testing.assert_allclose(jnp.var(samples["random"], 0), var_gauss, rtol=0.15)
     np.testing.assert_allclose(jnp.var(samples["jvp"], 0), var_gauss, rtol=0.15)
     np.testing.assert_allclose(jnp.var(samples["rademacher"], 0), var_rad, rtol=0.15)
+    np.testing.assert_allclose(jnp.var(samples["sphere"], 0), var_sphere, rtol=0.15)
     assert np.all(var_rad < var_gauss)
+    assert np.all(var_sphere < var_gauss)
+    # Measured per-draw spread: the sphere probe's is below the Gaussian probe's.
+    assert np.all(jnp.std(samples["sphere"], 0) < jnp.std(samples["random"], 0))
 
 
 def test_attention_map_jacobian_matches_bruteforce():
@@ -213,6 +259,14 @@ def test_select_cotangent_errors_and_values():
         jj.select_cotangent(logits, "label", labels=jnp.array([2])), [[0, 0, 1]])
     r = jj.select_cotangent(jnp.zeros((4, 3)), "rademacher", key=jax.random.key(0))
     assert set(np.unique(r).tolist()) <= {-1.0, 1.0}
+    with pytest.raises(ValueError, match="needs a PRNG key"):
+        jj.select_cotangent(logits, "sphere")
+    for dtype in (jnp.float32, jnp.bfloat16):
+        v = jj.select_cotangent(jnp.zeros((4, 7), dtype), "sphere", key=jax.random.key(1))
+        assert v.dtype == dtype
+        np.testing.assert_allclose(jnp.linalg.norm(v.astype(jnp.float32), axis=-1),
+                                   np.sqrt(7), rtol=1e-2 if dtype == jnp.bfloat16 else 1e-6)
+    assert "sphere" in jj.COTANGENT_MODES
 
 
 def test_shape_errors():
@@ -245,7 +299,7 @@ class JitAndBatchOfOneTest(parameterized.TestCase):
         def run(x, key):
             logits = fn(x)
             out = {}
-            for mode in ("label", "top", "random", "rademacher"):
+            for mode in ("label", "top", "random", "rademacher", "sphere"):
                 v = jj.select_cotangent(logits, mode, labels=jnp.array([1]), key=key)
                 out[mode] = jj.vjp_input(fn, x, v)[1]
             out["jvp"] = jj.jvp_input(fn, x, jj.input_tangent(key, x))[1]
@@ -254,7 +308,7 @@ class JitAndBatchOfOneTest(parameterized.TestCase):
             return out
 
         out = run(x, key)
-        for mode in ("label", "top", "random", "rademacher", "att"):
+        for mode in ("label", "top", "random", "rademacher", "sphere", "att"):
             chex.assert_shape(out[mode], (1, 8, 8, 3))
         chex.assert_shape(out["jvp"], (1, 5))
         chex.assert_shape(out["full"], (1, 5, 8, 8, 3))

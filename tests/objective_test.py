@@ -37,7 +37,7 @@ OBJECTIVES = {
     **METHODS,
     "jac_norm": Objective(ce=1, jac_norm=1),
     **{f"ce+act+jac/{e}": method_objective("ce+act+jac", estimator=e)
-       for e in ("top", "random", "rademacher", "jvp", "full")},
+       for e in ("top", "random", "rademacher", "sphere", "jvp", "full")},
     "ce+act+jac/normalize": method_objective("ce+act+jac", normalize=True),
     "attention": Objective(ce=1, act=1, att=1, att_jac=1, att_pairs=(("pool1", "pool1"),),
                            att_jac_pair=("pool1", "pool1"), estimator="top"),

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from jkt import jacobian as jj
 from jkt import losses
 
-ESTIMATORS = ("label", "top", "random", "rademacher", "jvp", "full")
+ESTIMATORS = ("label", "top", "random", "rademacher", "sphere", "jvp", "full")
 TERMS = ("ce", "act", "jac", "jac_norm", "att", "att_jac")
 
 
@@ -36,8 +36,8 @@ class Objective:
       ce, act, jac, jac_norm, att, att_jac: non-negative weights of the six terms.
       estimator: Jacobian estimator for ``jac`` and ``jac_norm`` (see ``jkt.jacobian``):
         ``label`` (paper default), ``top`` (teacher's top output), ``random`` /
-        ``rademacher`` (unbiased output-space probes), ``jvp`` (unbiased input-space
-        probe, forward mode), ``full`` (all K outputs).
+        ``rademacher`` / ``sphere`` (unbiased output-space probes), ``jvp`` (unbiased
+        input-space probe, forward mode), ``full`` (all K outputs).
       normalize: match Jacobians in the eq.-10 normalised form.
       att_pairs: ``((student_tap, teacher_tap), ...)`` attention-matched feature pairs.
       att_variant: ``"paper"`` (eq. 9) or ``"at_code"``.
@@ -197,7 +197,7 @@ def _networks(o: Objective, student_fn, teacher_fn, x) -> tuple[_Net, _Net | Non
 
 # Jacobian estimators: estimator -> (probe of the batch) -> (network -> its Jacobian rows).
 # Student and teacher rows come from the same probe, so their difference estimates
-# prop. 1's Σ_i ‖∇_x T^i - ∇_x S^i‖² (all i for random, rademacher, jvp and full).
+# prop. 1's Σ_i ‖∇_x T^i - ∇_x S^i‖² (all i for random, rademacher, sphere, jvp, full).
 
 
 def _one_row(mode: str) -> Callable:
