@@ -262,3 +262,23 @@ def test_import_does_not_load_tfds_or_sklearn():
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     result = subprocess.run([sys.executable, "-c", code], env=env, cwd=Path(__file__).parents[1])
     assert result.returncode == 0
+
+
+@pytest.mark.parametrize("suffix", [".tar.xz", ".zip"])
+def test_truncated_archive_is_one_line(tmp_path, monkeypatch, suffix):
+    import shutil
+
+    monkeypatch.setenv("JKT_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "imgs"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(root / c / f"{i}.png")
+    fmt = "xztar" if suffix == ".tar.xz" else "zip"
+    archive = Path(shutil.make_archive(str(tmp_path / "full"), fmt, root))
+    truncated = tmp_path / f"truncated{suffix}"
+    truncated.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    with pytest.raises(ValueError) as e:
+        data.load(f"folder:{truncated}")
+    assert "is not a readable archive" in str(e.value) and str(truncated) in str(e.value)
+    assert "\n" not in str(e.value)

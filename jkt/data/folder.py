@@ -20,11 +20,13 @@ from __future__ import annotations
 import concurrent.futures
 import io
 import logging
+import lzma
 import os
 import tarfile
 import time
 import warnings
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
@@ -116,6 +118,19 @@ def _decode_chunk(chunk: list[tuple[str, bytes]], image_size: int):
     return [(name, _decode(data, image_size)) for name, data in chunk]
 
 
+def _checked(files: Iterator[tuple[str, bytes]], path) -> Iterator[tuple[str, bytes]]:
+    """``files``, with a damaged archive (truncated, not an archive, bad compression) as one
+    ``ValueError`` line naming it."""
+    try:
+        yield from files
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, lzma.LZMAError, zlib.error,
+            OSError) as e:
+        if isinstance(e, FileNotFoundError) or path.is_dir():
+            raise
+        raise ValueError(f"{path} is not a readable archive ({type(e).__name__}: {e}); "
+                         "download or create it again") from None
+
+
 def _read_all(path: epath.Path, image_size: int, workers: int | None, chunk_size: int = 256):
     """Decodes every image in ``path``; returns ``(images by name, list texts, bad names)``.
 
@@ -127,7 +142,7 @@ def _read_all(path: epath.Path, image_size: int, workers: int | None, chunk_size
     texts: dict[str, str] = {}
     chunk: list[tuple[str, bytes]] = []
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        for name, data in _iter_files(path):
+        for name, data in _checked(_iter_files(path), path):
             name = name.removeprefix("./")
             if _is_list(name):
                 texts[name] = data.decode("utf-8", errors="replace")
