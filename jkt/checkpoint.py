@@ -272,6 +272,18 @@ def _split_meta(raw) -> tuple[dict, Any]:
     return meta, meta.pop(CHECKSUM_KEY, None)
 
 
+def latest_saved_step(directory) -> int | None:
+    """The newest finished step in a :class:`TrainCheckpointer` directory, by listing it
+    (no checkpoint manager is opened, so nothing is cleaned up or verified): Orbax writes a
+    step into a temporary directory and renames it to the step number when it is
+    complete. ``None`` when there is none."""
+    path = _path(directory)
+    if not path.exists():
+        return None
+    steps = [int(p.name) for p in path.iterdir() if p.name.isdigit() and p.is_dir()]
+    return max(steps, default=None)
+
+
 class TrainCheckpointer:
     """Keep-last-N checkpoints of a train-state pytree plus a JSON ``meta`` dict.
 

@@ -28,7 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jkt import parallel
-from jkt.checkpoint import TrainCheckpointer
+from jkt.checkpoint import TrainCheckpointer, latest_saved_step
 from jkt.data.batches import BatchStream, eval_batches, make_batch
 from jkt.data.types import Split
 from jkt.models import create as create_model
@@ -239,10 +239,9 @@ def train_and_evaluate_fused(
         for w in workdirs]
     todo = [i for i, r in enumerate(results) if r is None]
     common = dict(num_classes=num_classes, mean=mean, std=std, teacher=teacher, mesh=mesh)
-    steps = set()
-    for i in todo:
-        with TrainCheckpointer(workdirs[i] / "checkpoints") as ckpt:
-            steps.add(ckpt.latest_step())
+    # Listed, not opened: a second checkpoint manager on a directory would clean up the
+    # temporary directories of a killed save concurrently with the loop's own.
+    steps = {latest_saved_step(workdirs[i] / "checkpoints") for i in todo}
     if len(todo) == 1 or len(steps) > 1:
         for i in todo:
             results[i] = train_and_evaluate(cfgs[i], train, eval_splits, workdir=workdirs[i],
