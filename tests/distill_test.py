@@ -242,7 +242,8 @@ def test_one_class_dataset_is_refused(tmp_path, capsys, monkeypatch):
 @pytest.mark.slow
 def test_ctrl_c_exits_quietly_and_the_same_command_resumes(image_folder, tmp_path):
     work = tmp_path / "w"
-    cmd = _cmd(image_folder, work, "--checkpoint-every", "1", "--teacher-max-steps", "40")
+    cmd = _cmd(image_folder, work, "--checkpoint-every", "1", "--teacher-max-steps", "40",
+               "--methods", "ce", "--n-per-class", "1")
     proc = subprocess.Popen(cmd, env=_env(tmp_path), cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     ckpt_dir = work / "teacher" / "run" / "checkpoints"

@@ -21,13 +21,13 @@ from jkt import checkpoint, data, parallel
 from jkt import config as config_lib
 from jkt.data.types import DataConfig
 from jkt.grids.validate import (
-    check_dataset,
     check_model,
     check_names,
     check_points_per_class,
     check_seeds,
     check_steps,
     check_teacher_artifact,
+    start,
 )
 from jkt.report import distill as report
 from jkt.train import (
@@ -141,11 +141,7 @@ def method_groups(cfg: DistillConfig, objectives: dict) -> list[list[str]]:
 
 def run(cfg: DistillConfig, *, mesh=None) -> list[dict]:
     """Runs (or resumes) the whole grid and writes results.{csv,md,png}; returns the rows."""
-    mesh = parallel.make_mesh() if mesh is None else mesh
-    workdir = Path(cfg.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    ds = data.load_config(cfg.data)
-    check_dataset(ds)
+    mesh, workdir, ds = start(cfg, mesh)
     print(f"{ds.summary()}, {parallel.process_count_str(mesh)}")
     # Subsets are drawn before training so that a bad n fails at once, not hours in.
     subsets = {(n, s): data.subset_per_class(ds.train, n, s, class_names=ds.class_names,

@@ -23,7 +23,7 @@ from jkt import data, jacobian, parallel
 from jkt.data import transforms
 from jkt.data.types import DataConfig
 from jkt.grids.distill import RECORD_MAY_CHANGE
-from jkt.grids.validate import check_dataset, check_model, check_steps
+from jkt.grids.validate import check_model, check_steps, start
 from jkt.report import robustness as report
 from jkt.train import (
     NonFiniteLossError,
@@ -166,11 +166,7 @@ def train_config(p: RobustnessConfig, spec: ModelRow) -> TrainConfig:
 
 def run(p: RobustnessConfig, *, mesh=None) -> list[dict]:
     """Trains and evaluates every model row (resumable); writes the outputs; returns rows."""
-    mesh = parallel.make_mesh() if mesh is None else mesh
-    workdir = Path(p.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    ds = data.load_config(p.data)
-    check_dataset(ds)
+    mesh, workdir, ds = start(p, mesh)
     print(f"{ds.summary()}, {parallel.process_count_str(mesh)}")
     specs = model_rows(p)
     rows = []

@@ -24,12 +24,12 @@ from jkt.data.classes import source_target_split
 from jkt.data.types import DataConfig
 from jkt.grids.distill import RECORD_MAY_CHANGE
 from jkt.grids.validate import (
-    check_dataset,
     check_model,
     check_names,
     check_points_per_class,
     check_seeds,
     check_steps,
+    start,
 )
 from jkt.models.taps import auto_pairs, pair_name, parse_pair
 from jkt.report import transfer as report
@@ -267,11 +267,7 @@ def run(cfg: TransferConfig, *, mesh=None) -> dict[str, list[dict]]:
     pairs, subset sizes, teacher shape) is checked before any training."""
     import jax
 
-    mesh = parallel.make_mesh() if mesh is None else mesh
-    workdir = Path(cfg.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    ds = data.load_config(cfg.data)
-    check_dataset(ds)
+    mesh, workdir, ds = start(cfg, mesh)
     source, target = source_target_split(ds, cfg.source_classes, cfg.target_classes)
     note = report.ANALOGUE_NOTE if source is not None else "teacher from --teacher"
     print(f"{ds.name}: target {target.class_names} ({len(target.train)} train / "

@@ -1,5 +1,6 @@
-"""Checks shared by the experiment configs: each raises ``ValueError`` with one line,
-from a config's ``__post_init__``, before any data is read or any network trained."""
+"""Checks shared by the experiments: each raises ``ValueError`` with one line, from a
+config's ``__post_init__`` or right after the data is loaded, before any network is
+trained; and :func:`start`, the common first step of every grid."""
 
 from __future__ import annotations
 
@@ -75,3 +76,18 @@ def check_teacher_artifact(path, arch: str, num_classes: int, what: str = "teach
     if meta.num_classes != num_classes:
         raise ValueError(f"{what} artifact {path} has {meta.num_classes} classes, the data has "
                          f"{num_classes}")
+
+
+def start(cfg, mesh=None):
+    """What every grid does first: the mesh (default: all devices), the work directory
+    (created) and the checked dataset of ``cfg.data``. Returns ``(mesh, workdir, ds)``."""
+    from pathlib import Path
+
+    from jkt import data, parallel
+
+    mesh = parallel.make_mesh() if mesh is None else mesh
+    workdir = Path(cfg.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    ds = data.load_config(cfg.data)
+    check_dataset(ds)
+    return mesh, workdir, ds
