@@ -153,7 +153,12 @@ def prepare(cfg, workdir=None, *, lock: bool = True) -> Path:
     """:func:`setup_jax`, creates ``workdir`` (default ``cfg.workdir``), takes its lock
     (released at exit) and writes the fully resolved ``cfg`` to ``workdir/config.json``;
     returns the directory. An unwritable directory is one ``OSError`` line."""
-    out = Path(cfg.workdir if workdir is None else workdir)
+    raw = str(cfg.workdir if workdir is None else workdir)
+    if "://" in raw:  # pathlib would silently turn gs://b/x into the local dir gs:/b/x
+        raise ValueError(f"work directory {raw}: URIs are not supported for work directories "
+                         "(a local lock file and atomic renames are needed); use a local or "
+                         "mounted shared path")
+    out = Path(raw)
     setup_jax(out)
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -111,3 +111,14 @@ def test_lock_file_records_owner(tmp_path):
     assert owner["pid"] == os.getpid() and owner["host"] == socket.gethostname()
     assert time.strptime(owner["since"], "%Y-%m-%d %H:%M:%S")
     lock.release()
+
+
+def test_uri_workdir_is_refused_not_mangled(monkeypatch, tmp_path):
+    from experiments import distill
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(workdir, "setup_jax", lambda _: None)
+    cfg = distill.parse_config(["--workdir", "gs://bucket/runs"])
+    with pytest.raises(ValueError, match="URIs are not supported"):
+        workdir.prepare(cfg)
+    assert not (tmp_path / "gs:").exists()
