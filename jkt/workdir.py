@@ -132,9 +132,11 @@ class WorkdirLock:
             return {}
 
     def _stale(self, holder: dict) -> bool:
+        """Left by a process of this host that is gone (or unreadable: a crashed writer).
+        A lock taken on another host cannot be checked from here."""
         if holder.get("host") != socket.gethostname() or "pid" not in holder:
-            return not holder  # unreadable lock file: a crashed writer
-        return not str(holder.get("job", "")).startswith("job:") and not _alive(holder["pid"])
+            return not holder
+        return not _alive(holder["pid"])
 
     def release(self) -> None:
         if self.held:
