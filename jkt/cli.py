@@ -231,12 +231,10 @@ def run(main: Callable[[Any], Any], cfg, errors: tuple[type[BaseException], ...]
         print("interrupted: the last checkpoint is kept; run the same command again to resume",
               file=sys.stderr)
         _exit_now(130)
-    except (*errors, workdir.WorkdirBusyError, OSError) as e:
-        if isinstance(e, FileNotFoundError) and not isinstance(e, errors):
-            _fail(e, 2)
-        _fail(e, 1)
-    except USAGE_ERRORS as e:
+    except USAGE_ERRORS as e:  # before OSError: FileNotFoundError is one
         _fail(e, 2)
+    except (*errors, workdir.WorkdirBusyError, OSError) as e:
+        _fail(e, 1)
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)

@@ -27,6 +27,8 @@ from jkt import config as config_lib
 
 CONFIG_FILE = "config.json"
 LOCK_FILE = ".lock"
+# Fields of a run's record that may change between launches without changing its numbers.
+RECORD_MAY_CHANGE = ("train.progress", "train.log_every", "train.checkpoint_every")
 
 
 class WorkdirBusyError(RuntimeError):
@@ -168,9 +170,7 @@ def prepare(cfg, workdir=None, *, lock: bool = True) -> Path:
             WorkdirLock(out).acquire()
         if is_writer():
             config_lib.write_json(cfg, out / CONFIG_FILE)
-    except (PermissionError, OSError) as e:
-        if isinstance(e, WorkdirBusyError):
-            raise
+    except OSError as e:
         raise OSError(f"cannot write to the work directory {out}: {e.strerror or e}") from None
     return out
 
@@ -202,5 +202,5 @@ def check_record(path, record: dict, *, what: str, ignore: tuple[str, ...] = ())
         config_lib.write_json(fresh, path)
 
 
-__all__ = ["CONFIG_FILE", "SettingsChangedError", "WorkdirBusyError", "WorkdirLock",
-           "check_record", "is_writer", "prepare", "release_locks", "setup_jax"]
+__all__ = ["CONFIG_FILE", "RECORD_MAY_CHANGE", "SettingsChangedError", "WorkdirBusyError",
+           "WorkdirLock", "check_record", "is_writer", "prepare", "release_locks", "setup_jax"]

@@ -41,11 +41,9 @@ from jkt.train.methods import METHODS, TABLE1_METHODS, method_objective
 from jkt.train.objective import ESTIMATORS
 from jkt.train.optim import CIFAR_RECIPE, OptimConfig
 from jkt.train.teacher import train_teacher
-from jkt.workdir import CONFIG_FILE, check_record, is_writer
+from jkt.workdir import CONFIG_FILE, RECORD_MAY_CHANGE, check_record, is_writer
 
 FUSION_CHOICES = (*FUSION_MODES, "off")
-# Fields of a run's record that may change between launches without changing its numbers.
-RECORD_MAY_CHANGE = ("train.progress", "train.log_every", "train.checkpoint_every")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,11 +190,11 @@ def run(cfg: DistillConfig, *, mesh=None) -> list[dict]:
     return rows
 
 
-def run_record(cfg, train_cfg: TrainConfig, n, teacher) -> dict:
+def run_record(cfg: DistillConfig, train_cfg: TrainConfig, n, teacher) -> dict:
     """Everything that determines one run: its training config, the data, the subset and
     the teacher it learns from (written as the run's ``config.json``)."""
     return {"train": config_lib.to_dict(train_cfg), "data": config_lib.to_dict(cfg.data),
-            "n_per_class": n, "dtype": getattr(cfg, "dtype", "float32"),
+            "n_per_class": n, "dtype": cfg.dtype,
             "teacher": {"arch": teacher.meta.arch, "dataset": teacher.meta.dataset,
                         "num_classes": teacher.meta.num_classes,
                         "model_options": teacher.meta.model_options,

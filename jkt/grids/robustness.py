@@ -22,7 +22,6 @@ from jkt import config as config_lib
 from jkt import data, jacobian, parallel
 from jkt.data import transforms
 from jkt.data.types import DataConfig
-from jkt.grids.distill import RECORD_MAY_CHANGE
 from jkt.grids.validate import check_model, check_steps, start
 from jkt.report import robustness as report
 from jkt.train import (
@@ -36,7 +35,7 @@ from jkt.train import (
 )
 from jkt.train.objective import ESTIMATORS
 from jkt.train.optim import CIFAR_RECIPE, OptimConfig
-from jkt.workdir import CONFIG_FILE, check_record, is_writer
+from jkt.workdir import CONFIG_FILE, RECORD_MAY_CHANGE, check_record, is_writer
 
 NOISE_FILE = "noise_eval.json"
 

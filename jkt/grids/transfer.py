@@ -22,7 +22,6 @@ from jkt import config as config_lib
 from jkt.data import Dataset
 from jkt.data.classes import source_target_split
 from jkt.data.types import DataConfig
-from jkt.grids.distill import RECORD_MAY_CHANGE
 from jkt.grids.validate import (
     check_model,
     check_names,
@@ -37,7 +36,7 @@ from jkt.train import NonFiniteLossError, Objective, TrainConfig, train_and_eval
 from jkt.train.methods import TRANSFER_METHODS, transfer_objective
 from jkt.train.optim import OptimConfig
 from jkt.train.teacher import oracle_variables, train_teacher
-from jkt.workdir import CONFIG_FILE, check_record, is_writer
+from jkt.workdir import CONFIG_FILE, RECORD_MAY_CHANGE, check_record, is_writer
 
 # Table 5 columns: label -> pooling window as a fraction of the attention-map size.
 POOL_WINDOWS = {"full": 1.0, "s/3": 1 / 3, "s/5": 0.2, "s/7": 1 / 7, "none": None}

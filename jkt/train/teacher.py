@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 
 from jkt import checkpoint, models
+from jkt import config as config_lib
 from jkt.data.types import DataConfig, Dataset
 from jkt.train.loop import TrainConfig, final_variables, train_and_evaluate
 from jkt.train.objective import Objective
 from jkt.train.optim import CIFAR_RECIPE, OptimConfig
+from jkt.workdir import check_record, is_writer
 
 
 def train_teacher(ds: Dataset, out, *, arch: str = "vgg9", model_options: dict | None = None,
@@ -24,9 +26,6 @@ def train_teacher(ds: Dataset, out, *, arch: str = "vgg9", model_options: dict |
     ``checkpoint_every`` steps). Returns the restored teacher; an existing artifact is
     returned without training. ``out/config.json`` records what determines the teacher; a
     later call with other settings stops with one line naming them."""
-    from jkt import config as config_lib
-    from jkt.workdir import check_record
-
     out = Path(out)
     artifact = out / "artifact"
     record = {"arch": arch, "model_options": dict(model_options or {}),
@@ -48,8 +47,6 @@ def train_teacher(ds: Dataset, out, *, arch: str = "vgg9", model_options: dict |
         std=tuple(ds.std), dataset=ds.name, model_options=dict(model_options or {}),
         extra={"val_accuracy": result.accuracy["val"], "test_accuracy": result.accuracy["test"],
                "steps": result.steps, "class_names": list(ds.class_names)})
-    from jkt.workdir import is_writer
-
     checkpoint.save_teacher(artifact, variables, meta)
     if is_writer():
         print(f"teacher {arch}: val {result.accuracy['val']:.2%}, "
