@@ -1,10 +1,12 @@
-"""``robustness.{csv,md,png}`` of a noise-robustness run (Table 2)."""
+"""``robustness.{csv,md,png}`` of a noise-robustness run (Table 2): with
+``compare_to_paper``, our accuracies beside the paper's (``jkt.report.paper.TABLE2``);
+without, a line saying the run is an analogue of Table 2."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from jkt.report import tables
+from jkt.report import paper, tables
 
 FILES = ("robustness.csv", "robustness.md", "robustness.png")
 
@@ -41,10 +43,21 @@ def write(rows: list[dict], specs, cfg, workdir: Path) -> str:
     workdir = Path(workdir)
     tables.write_csv(rows, workdir / "robustness.csv")
     sigmas = [float(s) for s in cfg.sigmas]
+    compare = paper.compare(cfg)
+    note = "" if compare else paper.analogue_note(
+        paper.TABLE2, f"{cfg.data.name}, {cfg.model}") + "\n\n"
     md = (f"# Robustness to Gaussian input noise ({cfg.data.name}, {cfg.model})\n\n"
           f"Test accuracy (%) with noise of std σ added to the normalised images; mean ± std "
           f"over {cfg.noise_draws} draws; best per column in bold. Jacobian-norm estimator: "
-          f"`{cfg.estimator}`.\n\n" + "\n".join(markdown_rows(rows, specs, sigmas)) + "\n")
+          f"`{cfg.estimator}`.\n\n" + note + "\n".join(markdown_rows(rows, specs, sigmas))
+          + "\n")
+    if compare:
+        agg = {(r["model"], r["sigma"]): (r["accuracy"], r["accuracy_std"], r["draws"])
+               for r in rows}
+        md += "\n" + paper.beside(paper.TABLE2, agg, row_order=[s.name for s in specs],
+                                  col_order=sigmas, row_labels={s.name: s.label for s in specs},
+                                  col_labels={s: f"{s:g}" for s in sigmas},
+                                  col_header="Noise std. dev. →")
     (workdir / "robustness.md").write_text(md)
     tables.line_plot(rows, workdir / "robustness.png", line_key="model", x_key="sigma",
                      y_key="accuracy", line_order=[s.name for s in specs], x_order=sigmas,

@@ -1,5 +1,6 @@
-"""Result tables and plots: CSV rows -> paper-style markdown (mean ± std, best in bold) and
-an accuracy-vs-data plot. Pure functions of lists of row dicts."""
+"""Result tables and plots: CSV rows -> paper-style markdown (mean ± std, best in bold), a
+table of our cells beside reference (paper) ones, and an accuracy-vs-data plot. Pure
+functions of lists of row dicts."""
 
 from __future__ import annotations
 
@@ -36,6 +37,29 @@ def aggregate(rows: Sequence[dict], row_key: str, col_key: str, value_key: str):
     return {k: (*mean_std(v), len(v)) for k, v in groups.items()}
 
 
+def grid_table(agg: dict, cell, *, row_order: Sequence, col_order: Sequence,
+               row_labels: dict | None = None, col_labels: dict | None = None,
+               col_header: str = "") -> str:
+    """A markdown table of ``agg`` (``{(row, col): value}``): one row per ``row_order`` value
+    and one column per ``col_order`` value present in it, each cell ``cell(row, col,
+    agg[(row, col)])`` ("–" where absent)."""
+    rows_present = [r for r in row_order if any((r, c) in agg for c in col_order)]
+    cols_present = [c for c in col_order if any((r, c) in agg for r in row_order)]
+    header = [(col_labels or {}).get(c, str(c)) for c in cols_present]
+    lines = [f"| {col_header} | " + " | ".join(header) + " |",
+             "|" + "---|" * (len(cols_present) + 1)]
+    for r in rows_present:
+        cells = [cell(r, c, agg[(r, c)]) if (r, c) in agg else "–" for c in cols_present]
+        label = (row_labels or {}).get(r, str(r))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def mean_std_text(mean: float, std: float, count: int, scale: float = 100.0) -> str:
+    """``mean ± std`` (× ``scale``, two decimals); the mean alone for one value."""
+    return f"{mean * scale:.2f}" + (f" ± {std * scale:.2f}" if count > 1 else "")
+
+
 def markdown_table(rows: Sequence[dict], *, row_key: str, col_key: str, value_key: str,
                    row_order: Sequence, col_order: Sequence, row_labels: dict | None = None,
                    col_header: str = "", scale: float = 100.0, higher_is_better: bool = True
@@ -43,26 +67,52 @@ def markdown_table(rows: Sequence[dict], *, row_key: str, col_key: str, value_ke
     """A paper-style table: one row per ``row_key`` value, one column per ``col_key`` value,
     cells ``mean ± std`` (× ``scale``) over repeats, the best mean of each column in bold."""
     agg = aggregate(rows, row_key, col_key, value_key)
-    rows_present = [r for r in row_order if any((r, c) in agg for c in col_order)]
-    cols_present = [c for c in col_order if any((r, c) in agg for r in row_order)]
-    best = {}
-    for c in cols_present:
-        means = [agg[(r, c)][0] for r in rows_present if (r, c) in agg]
-        best[c] = max(means) if higher_is_better else min(means)
-    header = f"| {col_header} | " + " | ".join(str(c) for c in cols_present) + " |"
-    lines = [header, "|" + "---|" * (len(cols_present) + 1)]
-    for r in rows_present:
-        cells = []
-        for c in cols_present:
-            if (r, c) not in agg:
-                cells.append("–")
-                continue
-            m, s, n = agg[(r, c)]
-            text = f"{m * scale:.2f}" + (f" ± {s * scale:.2f}" if n > 1 else "")
-            cells.append(f"**{text}**" if m == best[c] else text)
-        label = (row_labels or {}).get(r, str(r))
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    pick = max if higher_is_better else min
+    best = {c: pick([v[0] for (r, cc), v in agg.items() if cc == c and r in row_order],
+                    default=None) for c in col_order}
+
+    def cell(r, c, v):
+        text = mean_std_text(*v, scale=scale)
+        return f"**{text}**" if v[0] == best[c] else text
+
+    return grid_table(agg, cell, row_order=row_order, col_order=col_order,
+                      row_labels=row_labels, col_header=col_header)
+
+
+def signed(d: float) -> str:
+    """``+0.12`` / ``−0.12`` (a true minus sign), two decimals."""
+    return f"{d:+.2f}".replace("-", "−")
+
+
+def comparison_table(agg: dict, paper, *, row_order: Sequence, col_order: Sequence,
+                     row_labels: dict | None = None, col_labels: dict | None = None,
+                     col_header: str = "", scale: float = 100.0) -> str:
+    """Our cells beside the paper's: :func:`grid_table` of ``agg`` (``{(row, col): (mean,
+    std, count)}``, × ``scale``), each cell ``ours ± std (paper P ± S, Δ)`` where
+    ``paper(row, col)`` gives ``(P, S or None)`` (already in %) or ``None`` (then
+    ``(paper –)``) and Δ = ours − P. Then one line: mean Δ and mean |Δ| over the cells
+    both have."""
+    deltas = []
+
+    def cell(r, c, v):
+        ours = mean_std_text(*v, scale=scale)
+        ref = paper(r, c)
+        if ref is None:
+            return f"{ours} (paper –)"
+        p, ps = ref
+        deltas.append(v[0] * scale - p)
+        theirs = f"{p:.2f}" + (f" ± {ps:.2f}" if ps is not None else "")
+        return f"{ours} (paper {theirs}, {signed(deltas[-1])})"
+
+    table = grid_table(agg, cell, row_order=row_order, col_order=col_order,
+                       row_labels=row_labels, col_labels=col_labels, col_header=col_header)
+    if deltas:
+        summary = (f"Over the {len(deltas)} cell(s) the paper has: mean Δ "
+                   f"{signed(sum(deltas) / len(deltas))}, mean |Δ| "
+                   f"{sum(abs(d) for d in deltas) / len(deltas):.2f} percentage points.")
+    else:
+        summary = "None of these cells is in the paper's table."
+    return table + "\n\n" + summary
 
 
 def line_plot(rows: Sequence[dict], path, *, line_key: str, x_key: str, y_key: str,
