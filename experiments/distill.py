@@ -31,6 +31,8 @@ FLAGS = (
     cli.Flag("--n-per-class", "n_per_class", "comma list of points per class, e.g. 1,5,10,full"),
     cli.Flag("--seeds", "seeds", "comma list of seeds, e.g. 0,1,2"),
     cli.Flag("--estimator", "estimator", "label | top | random | rademacher | sphere | jvp | full"),
+    cli.Flag("--label-free-estimator", "label_free_estimator",
+             "Jacobian estimator of the act+jac row (no labels; default top)"),
     cli.Flag("--normalize", "normalize", "match Jacobians in the eq.-10 normalised form",
              const=True),
     cli.Flag("--student", "student", "student architecture (vgg4, vgg9, resnet34)"),

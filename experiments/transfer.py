@@ -46,6 +46,10 @@ FLAGS = (
              "Jacobian (default: shallowest equal-size pair)"),
     cli.Flag("--pool-fraction", "pool_window", "attention-Jacobian pooling window: full, s/3, "
              "s/5, s/7, none or a fraction"),
+    cli.Flag("--jacobian-row", "jacobian_row", "attention_map (app. 10.2) | output: what the "
+             "ce+act+jac row matches"),
+    cli.Flag("--depth-attention", "depth_attention", "Table 4: all_pairs (attention at every "
+             "pair, only the Jacobian moves) | same_pair (both move)"),
     cli.Flag("--depth-pairs", "depth_pairs", "Table 4: TEACHER_TAP:STUDENT_TAP,... or 'auto'"),
     cli.Flag("--pool-windows", "pool_windows",
              "Table 5: comma list of full,s/3,s/5,s/7,none or 'all'"),

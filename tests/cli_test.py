@@ -36,6 +36,8 @@ SAMPLES = {
     "--ablation-n": "5", "--loss-weight": "2", "--teacher-stage-sizes": "2,2,2,2",
     "--arch": "vgg4", "--steps": "2", "--warmup": "0", "--max-seconds": "1", "--classes": "3",
     "--devices": "1", "--no-torch": None, "--torch-threads": "1",
+    "--validation": "unused", "--augment": "none", "--label-free-estimator": "random",
+    "--jacobian-row": "output", "--depth-attention": "same_pair",
 }
 STARTING = {"-h", "--help", "--preset", "--config", "--small", "--reference"}
 

@@ -29,7 +29,16 @@ def test_transfer_methods_and_their_objectives():
     common = dict(ce=10.0, estimator="top", pool_fraction=None)
     assert got["ce"] == got["oracle"] == Objective(**common)
     assert got["ce+act"] == Objective(act=10.0, **common)
-    assert got["ce+act+jac"] == Objective(act=10.0, jac=10.0, **common)
+    # App. 10.2: the Jacobian of the attention map at feature level 1, eq. 10, no
+    # attention matching; the output-Jacobian reading by name.
+    assert got["ce+act+jac"] == Objective(act=10.0, att_jac=10.0, att_jac_pair=jac_pair,
+                                          **common)
+    output_row = methods.transfer_objective("ce+act+jac", weight=10.0, att_pairs=list(pairs),
+                                            att_jac_pair=jac_pair, pool_fraction=None,
+                                            jacobian_row="output")
+    assert output_row == Objective(act=10.0, jac=10.0, **common)
+    with pytest.raises(ValueError, match="unknown jacobian_row 'bogus'; valid: attention_map"):
+        methods.transfer_objective("ce+act+jac", jacobian_row="bogus")
     assert got["ce+act+att"] == Objective(act=10.0, att=10.0, att_pairs=pairs, **common)
     assert got["ce+act+att+attjac"] == Objective(act=10.0, att=10.0, att_jac=10.0,
                                                  att_pairs=pairs, att_jac_pair=jac_pair,

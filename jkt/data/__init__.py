@@ -22,7 +22,10 @@ from jkt.data.splits import (
     split_off,
     split_off_test,
     stratified_indices,
+    subset_indices,
     subset_per_class,
+    train_and_val,
+    validation_from_unused,
 )
 from jkt.data.transforms import add_gaussian_noise, augment, normalize
 from jkt.data.types import DataConfig, Dataset, DatasetNotFoundError, Split
@@ -46,6 +49,9 @@ __all__ = [
     "split_off",
     "split_off_test",
     "stratified_indices",
+    "subset_indices",
     "subset_per_class",
+    "train_and_val",
     "train_batches",
+    "validation_from_unused",
 ]

@@ -8,11 +8,12 @@ Recognised layouts, after dropping a single wrapping top-level directory:
   listing ``<class>/<image>`` (inside the folder/archive or next to it): the official split.
 
 Images are decoded in parallel threads (PIL releases the GIL while decoding), converted
-to RGB and resized to ``image_size`` square (bilinear, antialiased), and the decoded
+to RGB and resized to ``image_size`` square (bilinear, antialiased; ``resize="stretch"``
+or, keeping the aspect ratio, ``"crop"`` to the central square), and the decoded
 arrays are cached with :mod:`jkt.data.cache` under ``cache_dir`` (default ``$JKT_CACHE`` or
-``~/.cache/jkt``), keyed by the path, the names, sizes and mtimes of its files, and
-``image_size``. The path may be a URI (``gs://bucket/images.tar``), read through
-:mod:`etils.epath`.
+``~/.cache/jkt``), keyed by the path, the names, sizes and mtimes of its files,
+``image_size`` and the resize policy. The path may be a URI (``gs://bucket/images.tar``),
+read through :mod:`etils.epath`.
 """
 
 from __future__ import annotations
@@ -101,12 +102,25 @@ def _iter_files(path: epath.Path) -> Iterator[tuple[str, bytes]]:
                     yield member.name, f.read()
 
 
-def _decode(data: bytes, image_size: int) -> np.ndarray | None:
+RESIZE_POLICIES = ("stretch", "crop")
+
+
+def _decode(data: bytes, image_size: int, resize: str = "stretch") -> np.ndarray | None:
+    """``(image_size, image_size, 3)`` uint8 pixels of an encoded image, or ``None``.
+
+    ``resize="stretch"`` resizes the whole image to the square (aspect ratio not kept);
+    ``"crop"`` resizes the shorter side to ``image_size`` and keeps the central square.
+    """
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.draft("RGB", (image_size, image_size))  # JPEG: cheap DCT downscale first
             if img.mode != "RGB":
                 img = img.convert("RGB")
+            if resize == "crop" and img.size[0] != img.size[1]:
+                w, h = img.size
+                side = min(w, h)
+                box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+                img = img.resize((image_size, image_size), Image.Resampling.BILINEAR, box=box)
             if img.size != (image_size, image_size):
                 img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
             return np.asarray(img, np.uint8)
@@ -114,8 +128,8 @@ def _decode(data: bytes, image_size: int) -> np.ndarray | None:
         return None
 
 
-def _decode_chunk(chunk: list[tuple[str, bytes]], image_size: int):
-    return [(name, _decode(data, image_size)) for name, data in chunk]
+def _decode_chunk(chunk: list[tuple[str, bytes]], image_size: int, resize: str):
+    return [(name, _decode(data, image_size, resize)) for name, data in chunk]
 
 
 def _checked(files: Iterator[tuple[str, bytes]], path) -> Iterator[tuple[str, bytes]]:
@@ -131,7 +145,8 @@ def _checked(files: Iterator[tuple[str, bytes]], path) -> Iterator[tuple[str, by
                          "download or create it again") from None
 
 
-def _read_all(path: epath.Path, image_size: int, workers: int | None, chunk_size: int = 256):
+def _read_all(path: epath.Path, image_size: int, workers: int | None, chunk_size: int = 256,
+              resize: str = "stretch"):
     """Decodes every image in ``path``; returns ``(images by name, list texts, bad names)``.
 
     Reading (sequential; decompression releases the GIL) overlaps with decoding in a
@@ -149,10 +164,10 @@ def _read_all(path: epath.Path, image_size: int, workers: int | None, chunk_size
                 continue
             chunk.append((name, data))
             if len(chunk) >= chunk_size:
-                futures.append(pool.submit(_decode_chunk, chunk, image_size))
+                futures.append(pool.submit(_decode_chunk, chunk, image_size, resize))
                 chunk = []
         if chunk:
-            futures.append(pool.submit(_decode_chunk, chunk, image_size))
+            futures.append(pool.submit(_decode_chunk, chunk, image_size, resize))
         decoded = [item for f in futures for item in f.result()]
     bad = sorted(name for name, img in decoded if img is None)
     images = {name: img for name, img in decoded if img is not None}
@@ -228,15 +243,20 @@ def _assign(
 # ---------------------------------------------------------------------------- cache
 
 
-def _cache_file(path: epath.Path, image_size: int, cache_dir) -> Path:
-    """The cache entry of ``path`` decoded at ``image_size``; MIT lists beside it count too."""
+def _cache_file(path: epath.Path, image_size: int, cache_dir, resize: str = "stretch") -> Path:
+    """The cache entry of ``path`` decoded at ``image_size`` with the ``resize`` policy; MIT
+    lists beside it count too."""
     lists = []
     for fname in MIT_LISTS.values():
         beside = path.parent / fname
         if beside.is_file():
             lists.append(cache_lib.list_files(beside))
     key = (cache_lib.fingerprint(path), lists, image_size)
-    return cache_lib.cache_file(cache_dir, f"folder-{path.name}-{image_size}px", "folder", *key)
+    if resize != "stretch":  # the stretch entries keep the key they always had
+        key = (*key, resize)
+    suffix = "" if resize == "stretch" else f"-{resize}"
+    return cache_lib.cache_file(cache_dir, f"folder-{path.name}-{image_size}px{suffix}",
+                                "folder", *key)
 
 
 # ---------------------------------------------------------------------------- public
@@ -248,6 +268,7 @@ def load_folder(
     image_size: int = 32,
     cache_dir: str | os.PathLike | None = None,
     workers: int | None = None,
+    resize: str = "stretch",
 ) -> tuple[Split, Split | None, tuple[str, ...]]:
     """Reads an image folder or archive.
 
@@ -257,6 +278,8 @@ def load_folder(
       image_size: output side length; images are resized to ``image_size`` square.
       cache_dir: where decoded arrays are cached; ``None`` means :func:`default_cache_dir`.
       workers: decoding threads (default: CPU count + 4, at most 32).
+      resize: ``"stretch"`` (whole image to the square) or ``"crop"`` (shorter side to
+        ``image_size``, central square kept).
 
     Returns:
       ``(train, test, class_names)``; ``test`` is ``None`` when the data has no test split
@@ -276,7 +299,9 @@ def load_folder(
         )
     if not (path.is_dir() or _is_archive(path)):
         raise ValueError(f"{path} is neither a folder nor a .zip/.tar/.tar.gz/.tar.xz archive")
-    cache_file = _cache_file(path, image_size, cache_dir)
+    if resize not in RESIZE_POLICIES:
+        raise ValueError(f"resize must be one of {', '.join(RESIZE_POLICIES)}, got {resize!r}")
+    cache_file = _cache_file(path, image_size, cache_dir, resize)
     z = cache_lib.load_arrays(cache_file, _CACHE_KEYS)
     if z is not None:
         train = Split(z["train_images"], z["train_labels"])
@@ -285,7 +310,7 @@ def load_folder(
         return train, test, tuple(str(c) for c in z["class_names"])
 
     t0 = time.perf_counter()
-    images, texts, bad = _read_all(path, image_size, workers)
+    images, texts, bad = _read_all(path, image_size, workers, resize=resize)
     assignment, layout = _assign(sorted(images), _find_lists(texts, path))
     if bad:
         warnings.warn(

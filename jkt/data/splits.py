@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from jkt.data.types import Split
+from jkt.data.types import DataConfig, Dataset, Split
 
 # Salts keep the streams for different purposes independent for the same seed.
 _VAL_SALT = 0x7A1
@@ -95,9 +95,53 @@ def subset_per_class(
             f"subset_per_class: class {name} has only {counts[c]} examples, fewer than "
             f"the {n} requested ({len(short)} class(es) short)"
         )
+    return split.take(subset_indices(split.labels, n, seed, classes))
+
+
+def subset_indices(labels: np.ndarray, n: int, seed: int, classes: np.ndarray) -> np.ndarray:
+    """Sorted indices of ``n`` examples of each of ``classes``, chosen by ``seed`` (every
+    class must have ``n``; :func:`subset_per_class` checks)."""
     rng = np.random.default_rng([int(seed), _SUBSET_SALT])
-    chosen = [rng.choice(np.flatnonzero(split.labels == c), n, replace=False) for c in classes]
-    return split.take(np.sort(np.concatenate(chosen)))
+    chosen = [rng.choice(np.flatnonzero(labels == c), n, replace=False) for c in classes]
+    return np.sort(np.concatenate(chosen)) if chosen else np.zeros((0,), np.int64)
+
+
+def validation_from_unused(split: Split, used: np.ndarray, fraction: float, seed: int) -> Split:
+    """A stratified validation set of images of ``split`` *not* in ``used``.
+
+    Each class contributes ``round(fraction * n_c)`` of its ``n_c`` images in ``split``
+    (the size ``"held_out"`` validation would have), or all of its unused images when
+    fewer are left. Chosen by ``seed``; sorted.
+    """
+    rest = np.setdiff1d(np.arange(len(split)), np.asarray(used, np.int64))
+    rng = np.random.default_rng([int(seed), _VAL_SALT])
+    chosen = []
+    for c in np.unique(split.labels):
+        k = int(round(fraction * int(np.sum(split.labels == c))))
+        members = rest[split.labels[rest] == c]
+        chosen.append(rng.permutation(members)[:k])
+    idx = np.sort(np.concatenate(chosen)) if chosen else np.zeros((0,), np.int64)
+    return split.take(idx)
+
+
+def train_and_val(ds: Dataset, n: int | str | None, seed: int, cfg: DataConfig
+                  ) -> tuple[Split, Split]:
+    """The training set and validation set of one run on ``n`` examples per class.
+
+    ``cfg.validation`` (see :class:`DataConfig`): ``"held_out"`` -> the subset of
+    ``ds.train`` and ``ds.val``; ``"unused"`` -> the subset of the whole official train
+    split and a validation set drawn from the images not in it (none for ``"full"``);
+    ``"none"`` -> the subset and an empty split.
+    """
+    train = subset_per_class(ds.train, n, seed, class_names=ds.class_names,
+                             num_classes=ds.num_classes)
+    empty = ds.train.take(np.zeros((0,), np.int64))
+    if cfg.validation == "held_out":
+        return train, ds.val
+    if cfg.validation == "none" or train is ds.train:
+        return train, empty
+    used = subset_indices(ds.train.labels, int(n), seed, np.arange(ds.num_classes))
+    return train, validation_from_unused(ds.train, used, cfg.val_fraction, seed)
 
 
 def channel_stats(

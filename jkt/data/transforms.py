@@ -76,6 +76,28 @@ def augment(
     return out.astype(images.dtype)
 
 
+AUGMENTATIONS = ("none", "crop", "crop+flip")
+
+
+def augmentation_name(augment: bool | str) -> str:
+    """The name in ``AUGMENTATIONS`` of an augmentation setting (``True`` is
+    ``"crop+flip"``, ``False`` is ``"none"``)."""
+    if augment is True or augment is False:
+        return "crop+flip" if augment else "none"
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {augment!r}; valid: {', '.join(AUGMENTATIONS)}")
+    return augment
+
+
+def augment_named(key: jax.Array, images: jax.Array, name: bool | str) -> jax.Array:
+    """:func:`augment` as named by ``name`` (see :func:`augmentation_name`): ``"crop+flip"``
+    (pad-4 crop + flip), ``"crop"`` (pad-4 crop, no flip: digits), ``"none"``."""
+    name = augmentation_name(name)
+    if name == "none":
+        return images
+    return augment(key, images, flip=name == "crop+flip")
+
+
 def add_gaussian_noise(key: jax.Array, x: jax.Array, sigma: float | jax.Array) -> jax.Array:
     """``x + sigma * eps`` with ``eps ~ N(0, I)``: the robustness test of Table 2.
 

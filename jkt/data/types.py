@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import numpy as np
+
+VALIDATION_POLICIES = ("held_out", "unused", "none")
+AUGMENTATIONS = ("none", "crop", "crop+flip")
+RESIZE_POLICIES = ("stretch", "crop")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -15,13 +20,31 @@ class DataConfig:
       name: ``digits``, ``cifar10``, ``cifar100`` or ``folder:PATH``.
       data_dir: tfds data directory (``cifar10``/``cifar100``); ``None``: tfds' default.
       image_size: side of the square images of ``digits`` and ``folder:`` sources.
-      val_fraction: stratified fraction of the train split held out for validation.
+      val_fraction: size of the validation set, as a stratified fraction of the official
+        train split.
+      validation: where validation images come from. ``"held_out"``: ``val_fraction`` of
+        the train split is set aside before anything trains (teachers and subsets never
+        see it; every run is validated on the same images). ``"unused"``: the whole
+        official train split is training data (teacher, ``"full"`` runs); a run on a
+        subset of ``n`` per class is validated on ``val_fraction`` of the train split
+        drawn from the images *not* in its subset, and a run on all of it has no
+        validation set. ``"none"``: whole train split, no validation.
+      augment: on-device augmentation of training batches: ``"crop+flip"`` (pad-4 random
+        crop + horizontal flip), ``"crop"`` (no flip: digits), ``"none"``.
+      resize: how ``folder:`` images become ``image_size`` squares: ``"stretch"`` (resize,
+        aspect ratio not kept) or ``"crop"`` (shorter side to ``image_size``, then the
+        central square).
+      cache_dir: cache of decoded arrays (``None``: ``$JKT_CACHE`` or ``~/.cache/jkt``).
     """
 
     name: str = "digits"
     data_dir: str | None = None
     image_size: int = 32
     val_fraction: float = 0.1
+    validation: Literal["held_out", "unused", "none"] = "held_out"
+    augment: Literal["none", "crop", "crop+flip"] = "crop+flip"
+    resize: Literal["stretch", "crop"] = "stretch"
+    cache_dir: str | None = None
 
     def __post_init__(self):
         if not self.name:
@@ -31,6 +54,11 @@ class DataConfig:
             raise ValueError(f"data.image_size must be positive, got {self.image_size}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+        for field, valid in (("validation", VALIDATION_POLICIES), ("augment", AUGMENTATIONS),
+                             ("resize", RESIZE_POLICIES)):
+            if getattr(self, field) not in valid:
+                raise ValueError(f"data.{field} must be one of {', '.join(valid)}; got "
+                                 f"{getattr(self, field)!r}")
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -78,7 +106,9 @@ class Dataset:
 
     Attributes:
       name: the source name it was loaded from (e.g. ``"cifar100"``).
-      train, val, test: disjoint splits (``val`` is carved out of the original train set).
+      train, val, test: disjoint splits (``val`` is carved out of the original train set,
+        or empty when the whole train split is training data: see
+        :attr:`DataConfig.validation`).
       class_names: one name per label id.
       mean, std: per-channel statistics of ``train`` images scaled to ``[0, 1]``, for
         :func:`jkt.data.normalize`.

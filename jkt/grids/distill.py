@@ -27,6 +27,7 @@ from jkt.grids.validate import (
     check_seeds,
     check_steps,
     check_teacher_artifact,
+    describe_subsets,
     start,
 )
 from jkt.report import distill as report
@@ -38,7 +39,7 @@ from jkt.train import (
     train_and_evaluate_fused,
 )
 from jkt.train.methods import METHODS, TABLE1_METHODS, method_objective
-from jkt.train.objective import ESTIMATORS
+from jkt.train.objective import ESTIMATORS, Objective
 from jkt.train.optim import CIFAR_RECIPE, OptimConfig
 from jkt.train.teacher import train_teacher
 from jkt.workdir import CONFIG_FILE, RECORD_MAY_CHANGE, check_record, is_writer
@@ -61,7 +62,13 @@ class DistillConfig:
       seeds: one run per seed; the seed picks the subset, the init and the data order.
       optim / teacher_optim: student / teacher optimiser, schedule, epochs, batch size.
       max_steps / teacher_max_steps: optional caps on steps.
-      estimator: Jacobian estimator (app. 10.2 uses the true-label output).
+      estimator: Jacobian estimator of the rows with cross-entropy (app. 10.2 and §4.1
+        use the true-label output).
+      label_free_estimator: Jacobian estimator of the row without cross-entropy
+        (``act+jac``; with ``act``, it exists to do without labels): §4.1 "if we do not want
+        to use the labels, we may instead use the output variable with the largest
+        magnitude" (``top``, the teacher's largest logit). ``"label"`` makes them use the
+        true labels like the other rows.
       normalize: match Jacobians in the eq.-10 normalised form.
       checkpoint_every / log_every: steps between a run's checkpoints / metric lines.
       fusion: ``"unroll"`` or ``"vmap"`` trains the methods of one (n, seed) cell that
@@ -69,12 +76,15 @@ class DistillConfig:
         teacher passes; same numbers as separate runs to float rounding); ``"off"``
         trains every run on its own.
       fusion_groups: ``"passes"`` fuses runs that need the same passes
-        (``jkt.train.fusion_groups``: Table 1 -> [ce], [ce+act, act], [the 3 Jacobian
-        methods]); ``"all"`` fuses every method of a cell into one step.
+        (``jkt.train.fusion_groups``: Table 1 -> [ce], [ce+act, act], [ce+jac,
+        ce+act+jac], [act+jac] (its own estimator)); ``"all"`` fuses every method of a
+        cell that shares the Jacobian estimator into one step.
       dtype: compute dtype of the students and of the teacher inside the student steps
         (parameters, optimiser state, logits and losses stay float32). The teacher is
         trained in float32.
       progress: show progress bars.
+      compare_to_paper: results.md shows the paper's Table 1 beside ours (the paper
+        presets); otherwise the run is reported as an analogue.
     """
 
     workdir: str = "runs/distill"
@@ -92,6 +102,7 @@ class DistillConfig:
     max_steps: int | None = None
     teacher_max_steps: int | None = None
     estimator: str = "label"
+    label_free_estimator: str = "top"
     normalize: bool = False
     checkpoint_every: int = 1000
     log_every: int = 50
@@ -99,6 +110,7 @@ class DistillConfig:
     fusion_groups: Literal["passes", "all"] = "passes"
     dtype: Literal["float32", "bfloat16"] = "float32"
     progress: bool = True
+    compare_to_paper: bool = False
 
     def __post_init__(self):
         check_names("methods", self.methods, METHODS)
@@ -106,9 +118,10 @@ class DistillConfig:
         check_seeds(self.seeds)
         check_model(self.student, self.student_options, "student")
         check_model(self.teacher, self.teacher_options, "teacher")
-        if self.estimator not in ESTIMATORS:
-            raise ValueError(f"unknown estimator {self.estimator!r}; valid: "
-                             f"{', '.join(ESTIMATORS)}")
+        for field in ("estimator", "label_free_estimator"):
+            if getattr(self, field) not in ESTIMATORS:
+                raise ValueError(f"unknown {field} {getattr(self, field)!r}; valid: "
+                                 f"{', '.join(ESTIMATORS)}")
         check_steps(self, ("max_steps", "teacher_max_steps", "checkpoint_every", "log_every"))
 
 
@@ -124,17 +137,27 @@ def load_teacher(cfg: DistillConfig, ds: data.Dataset, workdir: Path, mesh):
     return train_teacher(ds, workdir / "teacher", arch=cfg.teacher,
                          model_options=cfg.teacher_options, optim=cfg.teacher_optim,
                          max_steps=cfg.teacher_max_steps, checkpoint_every=cfg.checkpoint_every,
-                         progress=cfg.progress, mesh=mesh)
+                         progress=cfg.progress, augment=cfg.data.augment, mesh=mesh)
+
+
+def objectives(cfg: DistillConfig) -> dict[str, Objective]:
+    """Each method's objective: Jacobians of the rows without cross-entropy use
+    ``cfg.label_free_estimator`` (§4.1), all others ``cfg.estimator``."""
+    def estimator(m):
+        label_free = METHODS[m].ce == 0 and METHODS[m].jac > 0
+        return cfg.label_free_estimator if label_free else cfg.estimator
+
+    return {m: method_objective(m, normalize=cfg.normalize, estimator=estimator(m))
+            for m in cfg.methods}
 
 
 def method_groups(cfg: DistillConfig, objectives: dict) -> list[list[str]]:
     """The methods of one cell, grouped into fused runs (``cfg.fusion``)."""
     if cfg.fusion == "off":
         return [[m] for m in cfg.methods]
-    if cfg.fusion_groups == "all":
-        return [list(cfg.methods)]
-    return [[cfg.methods[i] for i in g]
-            for g in fusion_groups([objectives[m] for m in cfg.methods])]
+    groups = fusion_groups([objectives[m] for m in cfg.methods],
+                           by_passes=cfg.fusion_groups == "passes")
+    return [[cfg.methods[i] for i in g] for g in groups]
 
 
 def run(cfg: DistillConfig, *, mesh=None) -> list[dict]:
@@ -142,18 +165,17 @@ def run(cfg: DistillConfig, *, mesh=None) -> list[dict]:
     mesh, workdir, ds = start(cfg, mesh)
     print(f"{ds.summary()}, {parallel.process_count_str(mesh)}")
     # Subsets are drawn before training so that a bad n fails at once, not hours in.
-    subsets = {(n, s): data.subset_per_class(ds.train, n, s, class_names=ds.class_names,
-                                             num_classes=ds.num_classes)
+    subsets = {(n, s): data.train_and_val(ds, n, s, cfg.data)
                for n in cfg.n_per_class for s in cfg.seeds}
+    describe_subsets(subsets, cfg.seeds[0], cfg.data, cfg.optim, cfg.max_steps)
     teacher = load_teacher(cfg, ds, workdir, mesh)
     t_acc = teacher.meta.extra.get("test_accuracy")
     student_options = dict(cfg.student_options)
     if cfg.dtype != "float32":  # only the compute dtype changes; weights stay float32
         teacher = dataclasses.replace(teacher, model=teacher.meta.create_model(dtype=cfg.dtype))
         student_options["dtype"] = cfg.dtype
-    objectives = {m: method_objective(m, estimator=cfg.estimator, normalize=cfg.normalize)
-                  for m in cfg.methods}
-    groups = method_groups(cfg, objectives)
+    objs = objectives(cfg)
+    groups = method_groups(cfg, objs)
     rows = []
     bar = tqdm(total=len(cfg.methods) * len(cfg.n_per_class) * len(cfg.seeds), desc="grid",
                position=0, dynamic_ncols=True, disable=not cfg.progress)
@@ -163,17 +185,18 @@ def run(cfg: DistillConfig, *, mesh=None) -> list[dict]:
             bar.set_description(f"grid [{', '.join(names)}]")
             cfgs = [TrainConfig(
                 model=cfg.student, model_options=dict(student_options),
-                objective=objectives[m], optim=cfg.optim, seed=seed, max_steps=cfg.max_steps,
+                objective=objs[m], optim=cfg.optim, seed=seed, max_steps=cfg.max_steps,
                 log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
-                progress=cfg.progress) for m in group]
+                progress=cfg.progress, augment=cfg.data.augment) for m in group]
             run_dirs = [workdir / "runs" / name for name in names]
             for name, run_dir, c in zip(names, run_dirs, cfgs, strict=True):
                 check_record(run_dir / CONFIG_FILE, run_record(cfg, c, n, teacher),
                              what=f"run {name}", ignore=RECORD_MAY_CHANGE)
             t0 = time.time()
+            train, val = subsets[(n, seed)]
             try:
                 results = train_and_evaluate_fused(
-                    cfgs, subsets[(n, seed)], {"val": ds.val, "test": ds.test},
+                    cfgs, train, {"val": val, "test": ds.test},
                     num_classes=ds.num_classes, mean=ds.mean, std=ds.std, workdirs=run_dirs,
                     teacher=teacher, mesh=mesh, descs=names,
                     mode="unroll" if cfg.fusion == "off" else cfg.fusion)
@@ -204,7 +227,7 @@ def run_record(cfg: DistillConfig, train_cfg: TrainConfig, n, teacher) -> dict:
 def result_row(method: str, n, seed: int, res, *, fused: int, skipped: bool) -> dict:
     """One ``results.csv`` row of a finished run."""
     return {"method": method, "n_per_class": n, "seed": seed,
-            "val_accuracy": res.accuracy["val"], "test_accuracy": res.accuracy["test"],
+            "val_accuracy": res.accuracy.get("val"), "test_accuracy": res.accuracy["test"],
             **{f"final_{k}": v for k, v in res.final_metrics.items()},
             "steps": res.steps, "fused_runs": fused, "wall_time_s": round(res.wall_time, 2),
             "resumed_from": res.resumed_from, "skipped": skipped and res.wall_time > 0.5}

@@ -58,6 +58,8 @@ class RobustnessConfig:
       optim, max_steps, seed: training schedule.
       checkpoint_every / log_every: steps between a run's checkpoints / metric lines.
       progress: show progress bars.
+      compare_to_paper: results.md shows the paper's Table 2 beside ours (the paper
+        preset); otherwise the run is reported as an analogue.
     """
 
     workdir: str = "runs/robustness"
@@ -76,6 +78,7 @@ class RobustnessConfig:
     checkpoint_every: int = 1000
     log_every: int = 50
     progress: bool = True
+    compare_to_paper: bool = False
 
     def __post_init__(self):
         check_model(self.model, self.model_options, "model")
@@ -160,7 +163,8 @@ def train_config(p: RobustnessConfig, spec: ModelRow) -> TrainConfig:
     return TrainConfig(model=p.model, model_options=spec.model_options, objective=spec.objective,
                        optim=dataclasses.replace(p.optim, weight_decay=spec.weight_decay),
                        seed=p.seed, max_steps=p.max_steps, log_every=p.log_every,
-                       checkpoint_every=p.checkpoint_every, progress=p.progress)
+                       checkpoint_every=p.checkpoint_every, progress=p.progress,
+                       augment=p.data.augment)
 
 
 def run(p: RobustnessConfig, *, mesh=None) -> list[dict]:
@@ -188,7 +192,8 @@ def run(p: RobustnessConfig, *, mesh=None) -> list[dict]:
             noise = noise_result(p, cfg, ds, run_dir, mesh)
             rows += [{"model": spec.name, "sigma": float(sigma), "accuracy": acc["mean"],
                       "accuracy_std": acc["std"], "draws": len(acc["draws"]),
-                      "clean_val_accuracy": res.accuracy["val"], "grad_norm": noise["grad_norm"],
+                      "clean_val_accuracy": res.accuracy.get("val"),
+                      "grad_norm": noise["grad_norm"],
                       **{f"final_{k}": v for k, v in res.final_metrics.items()},
                       "steps": res.steps} for sigma, acc in noise["sigmas"].items()]
             if is_writer():

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
+from typing import Literal
 
 from tqdm.auto import tqdm
 
@@ -28,12 +29,13 @@ from jkt.grids.validate import (
     check_points_per_class,
     check_seeds,
     check_steps,
+    describe_subsets,
     start,
 )
 from jkt.models.taps import auto_pairs, pair_name, parse_pair
 from jkt.report import transfer as report
 from jkt.train import NonFiniteLossError, Objective, TrainConfig, train_and_evaluate
-from jkt.train.methods import TRANSFER_METHODS, transfer_objective
+from jkt.train.methods import JACOBIAN_ROWS, TRANSFER_METHODS, transfer_objective
 from jkt.train.optim import OptimConfig
 from jkt.train.teacher import oracle_variables, train_teacher
 from jkt.workdir import CONFIG_FILE, RECORD_MAY_CHANGE, check_record, is_writer
@@ -90,11 +92,21 @@ class TransferConfig:
         every pair of equal spatial size (Zagoruyko & Komodakis).
       att_jac_pair: the pair for the attention-map Jacobian; ``None``: the shallowest
         equal-size pair ("feature level 1" of app. 10.2).
+      jacobian_row: what Table 3's "CE + match {activations + Jacobians}" matches:
+        ``"attention_map"`` (app. 10.2: the attention-map Jacobian at ``att_jac_pair``,
+        eq. 10, no attention matching) or ``"output"`` (the output Jacobian of the
+        teacher's top logit, prop. 1).
       depth_pairs: Table-4 ablation, one run per pair; ``("auto",)`` for every pair.
+      depth_attention: Table-4 reading. ``"all_pairs"``: attention is matched at every
+        pair of ``att_pairs`` (as Zagoruyko & Komodakis, §6.3.1 "we use the same
+        approach") and only the attention-map Jacobian moves to the pair;
+        ``"same_pair"``: attention and its Jacobian both move to the pair.
       pool_windows: Table-5 ablation, labels of ``POOL_WINDOWS`` (``("all",)``: all).
       ablation_n: points per class of the ablations (10 in the paper).
       checkpoint_every / log_every: steps between a run's checkpoints / metric lines.
       progress: show progress bars.
+      compare_to_paper: results show the paper's Tables 3-5 beside ours (the ``mit``
+        preset); otherwise the run is reported as an analogue.
     """
 
     workdir: str = "runs/transfer"
@@ -118,14 +130,23 @@ class TransferConfig:
     pool_window: str = "s/5"
     att_pairs: tuple[str, ...] | None = None
     att_jac_pair: str | None = None
+    jacobian_row: Literal["attention_map", "output"] = "attention_map"
     depth_pairs: tuple[str, ...] = ()
+    depth_attention: Literal["all_pairs", "same_pair"] = "all_pairs"
     pool_windows: tuple[str, ...] = ()
     ablation_n: int | str = 10
     checkpoint_every: int = 1000
     log_every: int = 50
     progress: bool = True
+    compare_to_paper: bool = False
 
     def __post_init__(self):
+        if self.jacobian_row not in JACOBIAN_ROWS:
+            raise ValueError(f"unknown jacobian_row {self.jacobian_row!r}; valid: "
+                             f"{', '.join(JACOBIAN_ROWS)}")
+        if self.depth_attention not in ("all_pairs", "same_pair"):
+            raise ValueError(f"depth_attention must be all_pairs or same_pair, got "
+                             f"{self.depth_attention!r}")
         if self.methods:
             check_names("methods", self.methods, TRANSFER_METHODS)
         check_points_per_class("n_per_class", self.n_per_class)
@@ -193,15 +214,16 @@ def plan(cfg: TransferConfig, student, teacher_model, image_shape) -> list[Run]:
         jac_pair = auto[0] if auto else None
     else:
         jac_pair = parse_pair(cfg.att_jac_pair, s_shapes, t_shapes, "--att-jac-pair")
-    needs_att = any("att" in m for m in cfg.methods) or cfg.pool_windows
+    needs_att = (any("att" in m for m in cfg.methods) or cfg.pool_windows
+                 or ("ce+act+jac" in cfg.methods and cfg.jacobian_row == "attention_map"))
     if needs_att and (not att_pairs or jac_pair is None):
         raise ValueError(
             "no student and teacher taps of equal spatial size for attention matching; "
             f"student {s_shapes}, teacher {t_shapes}")
     w, pf = cfg.loss_weight, pool_fraction(cfg.pool_window)
     runs = [Run("main", m, n, s, transfer_objective(
-                m, weight=w, att_pairs=att_pairs, att_jac_pair=jac_pair, pool_fraction=pf),
-                str(n))
+                m, weight=w, att_pairs=att_pairs, att_jac_pair=jac_pair, pool_fraction=pf,
+                jacobian_row=cfg.jacobian_row), str(n))
             for n in cfg.n_per_class for m in cfg.methods for s in cfg.seeds]
     if cfg.depth_pairs:
         pairs = (auto if tuple(cfg.depth_pairs) == ("auto",) else
@@ -210,8 +232,9 @@ def plan(cfg: TransferConfig, student, teacher_model, image_shape) -> list[Run]:
             raise ValueError(f"--depth-pairs auto: no taps of equal spatial size; student "
                              f"{s_shapes}, teacher {t_shapes}")
         runs += [Run("depth", "ce+act+att+attjac", cfg.ablation_n, s, transfer_objective(
-                     "ce+act+att+attjac", weight=w, att_pairs=(p,), att_jac_pair=p,
-                     pool_fraction=pf), pair_name(p))
+                     "ce+act+att+attjac", weight=w, att_jac_pair=p, pool_fraction=pf,
+                     att_pairs=att_pairs if cfg.depth_attention == "all_pairs" else (p,)),
+                     pair_name(p))
                  for p in pairs for s in cfg.seeds]
     for label in cfg.pool_windows:
         runs += [Run("pool", "ce+act+att+attjac", cfg.ablation_n, s, transfer_objective(
@@ -244,7 +267,8 @@ def pretrained_student(cfg: TransferConfig, source: Dataset | None, t_classes: i
         art = train_teacher(source, Path(cfg.workdir) / "source_student", arch=cfg.student,
                             model_options=opts, optim=cfg.teacher_optim,
                             max_steps=cfg.teacher_max_steps, checkpoint_every=cfg.checkpoint_every,
-                            progress=cfg.progress, mesh=mesh, seed=SOURCE_STUDENT_SEED)
+                            progress=cfg.progress, mesh=mesh, seed=SOURCE_STUDENT_SEED,
+                            augment=cfg.data.augment)
     if art.meta.num_classes != t_classes:
         raise ValueError(f"source-pretrained student has {art.meta.num_classes} classes, the "
                          f"teacher {t_classes}")
@@ -257,7 +281,7 @@ def load_teacher(cfg: TransferConfig, source: Dataset | None, mesh) -> checkpoin
     return train_teacher(source, Path(cfg.workdir) / "teacher", arch=cfg.teacher,
                          model_options=cfg.teacher_options, optim=cfg.teacher_optim,
                          max_steps=cfg.teacher_max_steps, checkpoint_every=cfg.checkpoint_every,
-                         progress=cfg.progress, mesh=mesh)
+                         progress=cfg.progress, augment=cfg.data.augment, mesh=mesh)
 
 
 def run(cfg: TransferConfig, *, mesh=None) -> dict[str, list[dict]]:
@@ -278,9 +302,9 @@ def run(cfg: TransferConfig, *, mesh=None) -> dict[str, list[dict]]:
     s_opts = {**cfg.student_options, "source_classes": t_classes}
     student = models.create(cfg.student, target.num_classes, **s_opts)
     runs = plan(cfg, student, teacher_model, target.image_shape)
-    subsets = {(r.n, r.seed): data.subset_per_class(
-                   target.train, r.n, r.seed, class_names=target.class_names,
-                   num_classes=target.num_classes) for r in runs}
+    subsets = {(r.n, r.seed): data.train_and_val(target, r.n, r.seed, cfg.data)
+               for r in runs}
+    describe_subsets(subsets, cfg.seeds[0], cfg.data, cfg.optim, cfg.max_steps)
     wants_oracle = any(r.method == "oracle" for r in runs)
     if wants_oracle:
         check_source_student(cfg, source, t_classes)
@@ -303,7 +327,8 @@ def run(cfg: TransferConfig, *, mesh=None) -> dict[str, list[dict]]:
             train_cfg = TrainConfig(model=cfg.student, model_options=dict(s_opts),
                                     objective=r.objective, optim=cfg.optim, seed=r.seed,
                                     max_steps=cfg.max_steps, log_every=cfg.log_every,
-                                    checkpoint_every=cfg.checkpoint_every, progress=cfg.progress)
+                                    checkpoint_every=cfg.checkpoint_every, progress=cfg.progress,
+                                    augment=cfg.data.augment)
             run_dir = workdir / "runs" / r.name
             check_record(run_dir / CONFIG_FILE,
                          {"train": config_lib.to_dict(train_cfg),
@@ -311,9 +336,10 @@ def run(cfg: TransferConfig, *, mesh=None) -> dict[str, list[dict]]:
                           "teacher": info["teacher"], "oracle": r.method == "oracle"},
                          what=f"run {r.name}", ignore=RECORD_MAY_CHANGE)
             t0 = time.time()
+            train, val = subsets[(r.n, r.seed)]
             try:
                 res = train_and_evaluate(
-                    train_cfg, subsets[(r.n, r.seed)], {"val": target.val, "test": target.test},
+                    train_cfg, train, {"val": val, "test": target.test},
                     num_classes=target.num_classes, mean=teacher.meta.mean,
                     std=teacher.meta.std, workdir=run_dir, teacher=teacher, mesh=mesh,
                     init_variables=oracle_init if r.method == "oracle" else None, desc=r.name)
@@ -342,7 +368,7 @@ def result_row(r: Run, res, run_dir: Path, *, skipped: bool) -> dict:
         red = report.jacobian_loss_reduction(run_dir)
         if red is not None:
             row.update(att_jac_first=red[0], att_jac_last=red[1], att_jac_reduction=red[2])
-    row.update({"val_accuracy": res.accuracy["val"], "test_accuracy": res.accuracy["test"],
+    row.update({"val_accuracy": res.accuracy.get("val"), "test_accuracy": res.accuracy["test"],
                 **{f"final_{k}": v for k, v in res.final_metrics.items()},
                 "steps": res.steps, "wall_time_s": round(res.wall_time, 2),
                 "resumed_from": res.resumed_from, "skipped": skipped and res.wall_time > 0.5})

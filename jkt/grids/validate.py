@@ -78,6 +78,24 @@ def check_teacher_artifact(path, arch: str, num_classes: int, what: str = "teach
                          f"{num_classes}")
 
 
+def describe_subsets(subsets: dict, seed: int, data_cfg, optim, max_steps) -> None:
+    """Prints, per points-per-class ``n`` of ``subsets`` (``{(n, seed): (train, val)}``),
+    how many images a run trains and validates on and how many steps it takes."""
+    import math
+
+    for (n, s), (train, val) in subsets.items():
+        if s != seed:
+            continue
+        steps = max_steps or optim.epochs * math.ceil(len(train) / optim.batch_size)
+        if not len(val):
+            where = "no validation set"
+        elif data_cfg.validation == "unused":
+            where = f"{len(val)} validation images not in the subset"
+        else:
+            where = f"{len(val)} held-out validation images"
+        print(f"  n={n}: {len(train)} training images, {where}, {steps:,} steps per run")
+
+
 def start(cfg, mesh=None):
     """What every grid does first: the mesh (default: all devices), the work directory
     (created) and the checked dataset of ``cfg.data``. Returns ``(mesh, workdir, ds)``."""

@@ -12,6 +12,7 @@ from jkt.train.loop import (
     train_and_evaluate_fused,
 )
 from jkt.train.methods import (
+    JACOBIAN_ROWS,
     METHOD_LABELS,
     METHODS,
     TABLE1_METHODS,
@@ -26,7 +27,8 @@ from jkt.train.state import TrainState, create_train_state
 from jkt.train.step import make_eval_step, make_train_step
 
 __all__ = [
-    "CIFAR_RECIPE", "ESTIMATORS", "METHODS", "METHOD_LABELS", "MIT_RECIPE", "RECIPES",
+    "CIFAR_RECIPE", "ESTIMATORS", "JACOBIAN_ROWS", "METHODS", "METHOD_LABELS", "MIT_RECIPE",
+    "RECIPES",
     "NonFiniteLossError", "Objective", "OptimConfig", "RunResult", "TABLE1_METHODS",
     "TRANSFER_LABELS", "TRANSFER_METHODS", "TrainConfig", "TrainState", "compose_losses",
     "create_train_state", "evaluate", "final_variables", "make_eval_step", "make_optimizer",

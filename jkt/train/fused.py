@@ -63,15 +63,18 @@ def passes(objective: Objective) -> tuple[bool, bool]:
     return o.needs_teacher, (o.jac > 0 or o.jac_norm > 0 or o.att_jac > 0)
 
 
-def fusion_groups(objectives: Sequence[Objective]) -> list[list[int]]:
-    """Indices of ``objectives`` grouped so that each group is cheap to fuse: same
-    structure (estimator, taps, ...) and the same :func:`passes`, in first-seen order.
+def fusion_groups(objectives: Sequence[Objective], *, by_passes: bool = True
+                  ) -> list[list[int]]:
+    """Indices of ``objectives`` grouped so that each group can be fused: same structure
+    (estimator, taps, ...) and, with ``by_passes``, the same :func:`passes` (cheap to
+    fuse), in first-seen order.
 
-    Table 1's six methods give ``[[ce], [ce+act, act], [ce+jac, ce+act+jac, act+jac]]``.
+    Table 1's six methods with one estimator give ``[[ce], [ce+act, act], [ce+jac,
+    ce+act+jac, act+jac]]``; without ``by_passes``, one group.
     """
     groups: dict[tuple, list[int]] = {}
     for i, o in enumerate(objectives):
-        key = (passes(o), *(getattr(o, f) for f in _STRUCTURE))
+        key = ((passes(o) if by_passes else None), *(getattr(o, f) for f in _STRUCTURE))
         groups.setdefault(key, []).append(i)
     return list(groups.values())
 
@@ -110,7 +113,7 @@ def make_fused_train_step(
     *,
     mean: Sequence[float],
     std: Sequence[float],
-    augment: bool = True,
+    augment: bool | str = True,
     teacher_model=None,
     teacher_mean: Sequence[float] | None = None,
     teacher_std: Sequence[float] | None = None,

@@ -50,20 +50,35 @@ TRANSFER_LABELS = {
 }
 
 
+# How Table 3's "CE + match {activations + Jacobians}" row matches Jacobians.
+JACOBIAN_ROWS = ("attention_map", "output")
+
+
 def transfer_objective(method: str, *, weight: float = 1.0, att_pairs=(), att_jac_pair=None,
-                       pool_fraction: float | None = 0.2) -> Objective:
+                       pool_fraction: float | None = 0.2,
+                       jacobian_row: str = "attention_map") -> Objective:
     """The :class:`Objective` of a Table-3 method; every active weight is ``weight``.
 
-    ``att_pairs`` / ``att_jac_pair`` are ``(student_tap, teacher_tap)``. Jacobians use the
-    "top" estimator: the teacher's label space differs from the target labels."""
+    ``att_pairs`` / ``att_jac_pair`` are ``(student_tap, teacher_tap)``. ``jacobian_row``
+    picks what "CE + match {activations + Jacobians}" matches: ``"attention_map"`` (app.
+    10.2: the Jacobian of the average-pooled attention map at ``att_jac_pair``, eq. 10,
+    without attention matching) or ``"output"`` (the output Jacobian of the teacher's top
+    logit, prop. 1; §5.1.1 reports the optimiser could not reduce that loss). Output
+    Jacobians use the "top" estimator: the teacher's label space differs from the target
+    labels."""
+    if jacobian_row not in JACOBIAN_ROWS:
+        raise ValueError(f"unknown jacobian_row {jacobian_row!r}; valid: "
+                         f"{', '.join(JACOBIAN_ROWS)}")
     w = weight
     common = dict(ce=w, estimator="top", pool_fraction=pool_fraction)
     if method in ("ce", "oracle"):
         return Objective(**common)
     if method == "ce+act":
         return Objective(act=w, **common)
-    if method == "ce+act+jac":
+    if method == "ce+act+jac" and jacobian_row == "output":
         return Objective(act=w, jac=w, **common)
+    if method == "ce+act+jac":
+        return Objective(act=w, att_jac=w, att_jac_pair=att_jac_pair, **common)
     if method == "ce+act+att":
         return Objective(act=w, att=w, att_pairs=tuple(att_pairs), **common)
     if method == "ce+act+att+attjac":
@@ -72,5 +87,5 @@ def transfer_objective(method: str, *, weight: float = 1.0, att_pairs=(), att_ja
     raise ValueError(f"unknown method {method!r}; valid: {', '.join(TRANSFER_METHODS)}")
 
 
-__all__ = ["METHODS", "METHOD_LABELS", "TABLE1_METHODS", "TRANSFER_LABELS", "TRANSFER_METHODS",
-           "method_objective", "transfer_objective"]
+__all__ = ["JACOBIAN_ROWS", "METHODS", "METHOD_LABELS", "TABLE1_METHODS", "TRANSFER_LABELS",
+           "TRANSFER_METHODS", "method_objective", "transfer_objective"]

@@ -29,7 +29,7 @@ def make_train_step(
     *,
     mean: Sequence[float],
     std: Sequence[float],
-    augment: bool = True,
+    augment: bool | str = True,
     teacher_model=None,
     teacher_mean: Sequence[float] | None = None,
     teacher_std: Sequence[float] | None = None,
@@ -37,7 +37,8 @@ def make_train_step(
     """Builds ``train_step(state, batch, teacher_variables) -> (state, metrics)``.
 
     ``batch`` is ``{"image": uint8 (B, H, W, C), "label": int32 (B,)}``. Inside the step
-    the images are augmented (pad-4 crop + flip) and normalised with ``mean``/``std``;
+    the images are augmented (``augment``: ``True``/``"crop+flip"`` pad-4 crop + flip,
+    ``"crop"``, ``False``/``"none"``) and normalised with ``mean``/``std``;
     all Jacobians are taken w.r.t. that normalised input. The teacher (frozen, inference
     mode, no gradients) sees the same input, renormalised to its own statistics.
     ``teacher_variables`` is a jit *argument* (not a baked-in constant) and is ``None``
@@ -60,13 +61,15 @@ def make_train_step(
     return train_step
 
 
-def input_pipeline(mean: Sequence[float], std: Sequence[float], augment: bool) -> Callable:
-    """``(key, uint8 images (B, H, W, C)) -> normalised float32 inputs``: pad-4 crop + flip
-    (if ``augment``), then ``(x/255 - mean) / std``."""
+def input_pipeline(mean: Sequence[float], std: Sequence[float], augment: bool | str
+                   ) -> Callable:
+    """``(key, uint8 images (B, H, W, C)) -> normalised float32 inputs``: the augmentation
+    ``augment`` names (:func:`jkt.data.transforms.augment_named`), then
+    ``(x/255 - mean) / std``."""
+    augment = transforms.augmentation_name(augment)
 
     def to_input(key, images):
-        if augment:
-            images = transforms.augment(key, images)
+        images = transforms.augment_named(key, images, augment)
         return transforms.normalize(images, mean, std)
 
     return to_input

@@ -20,24 +20,28 @@ from jkt.workdir import check_record, is_writer
 def train_teacher(ds: Dataset, out, *, arch: str = "vgg9", model_options: dict | None = None,
                   optim: OptimConfig = CIFAR_RECIPE, max_steps: int | None = None, seed: int = 0,
                   checkpoint_every: int = 1000, progress: bool = True,
-                  mesh=None) -> checkpoint.Teacher:
-    """Trains ``arch`` with cross-entropy on ``ds.train`` and writes a teacher artifact to
-    ``out/artifact`` (resumable checkpoints under ``out/run``, checkpointed every
-    ``checkpoint_every`` steps). Returns the restored teacher; an existing artifact is
-    returned without training. ``out/config.json`` records what determines the teacher; a
-    later call with other settings stops with one line naming them."""
+                  augment: str = "crop+flip", mesh=None,
+                  record_name: str = "config.json") -> checkpoint.Teacher:
+    """Trains ``arch`` with cross-entropy on ``ds.train`` (validated on ``ds.val`` when it
+    has images) and writes a teacher artifact to ``out/artifact`` (resumable checkpoints
+    under ``out/run``, checkpointed every ``checkpoint_every`` steps; ``augment`` as in
+    :class:`jkt.train.TrainConfig`). Returns the restored teacher; an existing artifact is
+    returned without training. ``out/<record_name>`` records what determines the teacher;
+    a later call with other settings stops with one line naming them."""
     out = Path(out)
     artifact = out / "artifact"
     record = {"arch": arch, "model_options": dict(model_options or {}),
               "optim": config_lib.to_dict(optim), "max_steps": max_steps, "seed": seed,
               "dataset": ds.name, "num_examples": len(ds.train), "classes": list(ds.class_names),
               "image_shape": list(ds.image_shape)}
-    check_record(out / "config.json", record, what="the teacher")
+    if augment != "crop+flip":  # records written before the setting existed stay valid
+        record["augment"] = augment
+    check_record(out / record_name, record, what="the teacher")
     if artifact.exists():
         return checkpoint.restore_teacher(artifact, expect_arch=arch)
     cfg = TrainConfig(model=arch, model_options=dict(model_options or {}),
                       objective=Objective(ce=1.0), optim=optim, seed=seed, max_steps=max_steps,
-                      checkpoint_every=checkpoint_every, progress=progress)
+                      checkpoint_every=checkpoint_every, progress=progress, augment=augment)
     result = train_and_evaluate(cfg, ds.train, {"val": ds.val, "test": ds.test},
                                 num_classes=ds.num_classes, mean=ds.mean, std=ds.std,
                                 workdir=out / "run", mesh=mesh, desc=f"teacher {arch}")
@@ -45,11 +49,14 @@ def train_teacher(ds: Dataset, out, *, arch: str = "vgg9", model_options: dict |
     meta = checkpoint.TeacherMeta(
         arch=arch, num_classes=ds.num_classes, input_size=ds.image_shape, mean=tuple(ds.mean),
         std=tuple(ds.std), dataset=ds.name, model_options=dict(model_options or {}),
-        extra={"val_accuracy": result.accuracy["val"], "test_accuracy": result.accuracy["test"],
+        extra={"val_accuracy": result.accuracy.get("val"),
+               "test_accuracy": result.accuracy["test"],
                "steps": result.steps, "class_names": list(ds.class_names)})
     checkpoint.save_teacher(artifact, variables, meta)
     if is_writer():
-        print(f"teacher {arch}: val {result.accuracy['val']:.2%}, "
+        val = result.accuracy.get("val")
+        val = f"val {val:.2%}" if val is not None else "no validation set"
+        print(f"teacher {arch} on {len(ds.train)} images: {val}, "
               f"test {result.accuracy['test']:.2%} -> {artifact}")
     return checkpoint.restore_teacher(artifact, expect_arch=arch)
 
@@ -92,7 +99,9 @@ def run(cfg: TeacherConfig, *, mesh=None) -> checkpoint.Teacher:
     ds = data.load_config(cfg.data)
     return train_teacher(ds, cfg.workdir, arch=cfg.arch, model_options=cfg.model_options,
                          optim=cfg.optim, max_steps=cfg.max_steps, seed=cfg.seed,
-                         checkpoint_every=cfg.checkpoint_every, progress=cfg.progress, mesh=mesh)
+                         checkpoint_every=cfg.checkpoint_every, progress=cfg.progress,
+                         augment=cfg.data.augment, mesh=mesh,
+                         record_name="teacher.json")  # config.json: the launch's config
 
 
 def oracle_variables(student, pretrained: dict, image_shape, seed: int = 0) -> dict:
