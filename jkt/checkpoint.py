@@ -18,6 +18,14 @@ setting the damaged step aside) or raise ``CheckpointError``; a damaged teacher 
 raises ``CheckpointError``. Both messages are one line naming the directory (and step) and
 the fix. Checkpoints written before checksums existed are restored unverified, with a
 warning.
+
+Failed writes. A save that cannot be written (full disk, read-only directory, ...),
+whether it fails at once or later in Orbax's background threads, is raised by the next
+``save``/``wait``/``close`` as one :class:`jkt.workdir.WriteError` line naming the step,
+the directory, the cause and the step a rerun resumes from; the step being written is
+left as a temporary directory (cleaned up by the next run) and the steps before it are
+untouched. Orbax's own error logs and tracebacks of those threads are silenced, since the
+same failure reaches the caller.
 """
 
 import concurrent.futures
@@ -25,7 +33,9 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import os
+import sys
 import warnings
 from typing import Any
 
@@ -35,7 +45,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from jkt import models
+from jkt import models, workdir
 
 CHECKSUM_KEY = "_checksum"
 """Reserved key of the meta JSON that holds the content checksum."""
@@ -272,6 +282,47 @@ def _split_meta(raw) -> tuple[dict, Any]:
     return meta, meta.pop(CHECKSUM_KEY, None)
 
 
+class _BackgroundWriteNoise(logging.Filter):
+    """Drops Orbax's error logs (with tracebacks) of a failed write in its background
+    threads: the same failure reaches the caller of ``save``/``wait``/``close``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR or "orbax" not in record.pathname:
+            return True
+        exc = record.exc_info[1] if record.exc_info else None
+        return exc is None or not _write_noise(exc)
+
+
+def _write_noise(exc: BaseException) -> bool:
+    """A write failure, or what it leaves behind in Orbax's threads (an event loop or an
+    executor already shut down by the failed save)."""
+    text = str(exc)
+    return (workdir.os_cause(exc) is not None or "Event loop is closed" in text
+            or "cannot schedule new futures after shutdown" in text)
+
+
+_NOISE_FILTER = _BackgroundWriteNoise()
+
+
+def _quiet_background_failures() -> None:
+    """Installs (once) the filter of Orbax's background write-failure logs and an
+    unraisable-exception hook that drops what TensorStore's callbacks raise into the event
+    loop of a failed save after it closed; everything else passes to the previous hook."""
+    logger = logging.getLogger("absl")
+    if _NOISE_FILTER not in logger.filters:
+        logger.addFilter(_NOISE_FILTER)
+    previous = sys.unraisablehook
+    if getattr(previous, "_drops_write_noise", False):
+        return
+
+    def hook(unraisable):
+        if unraisable.exc_value is None or not _write_noise(unraisable.exc_value):
+            previous(unraisable)
+
+    hook._drops_write_noise = True
+    sys.unraisablehook = hook
+
+
 def latest_saved_step(directory) -> int | None:
     """The newest finished step in a :class:`TrainCheckpointer` directory, by listing it
     (no checkpoint manager is opened, so nothing is cleaned up or verified): Orbax writes a
@@ -312,19 +363,55 @@ class TrainCheckpointer:
         self._manager = ocp.CheckpointManager(
             self.directory, options=options, item_handlers=handlers
         )
+        self._pending: int | None = None  # last step handed to Orbax, not known written
+        self._failed: workdir.WriteError | None = None  # a write failure already raised
+        _quiet_background_failures()
 
     def save(self, step: int, state, meta: dict | None = None, force: bool = False) -> bool:
         """Saves ``state`` and ``meta`` (JSON-serialisable; the key ``"_checksum"`` is
-        reserved) at ``step``; True if it saved."""
+        reserved) at ``step``; True if it saved. A step already saved is not written
+        again (a run resumed at its last step, e.g. after its result could not be written).
+        Raises :class:`jkt.workdir.WriteError` if this save, or the previous one still
+        being written, cannot be written."""
         meta = dict(meta or {})
         if CHECKSUM_KEY in meta:
             raise ValueError(f"meta key {CHECKSUM_KEY!r} is reserved for the checksum")
         step = int(step)
-        if not force and not self._manager.should_save(step):
+        if step in self._manager.all_steps() or (not force
+                                                 and not self._manager.should_save(step)):
             return False
         meta[CHECKSUM_KEY] = _checksum(state)
+        self.wait()  # the previous save's failure, if any, is reported under its own step
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-        return self._manager.save(step, args=args, force=force)
+        with self._writing(step):
+            saved = self._manager.save(step, args=args, force=force)
+        if saved:
+            self._pending = step
+        return saved
+
+    @contextlib.contextmanager
+    def _writing(self, step: int | None):
+        """Turns a failure to write ``step`` (an OS error, or TensorStore's report of one)
+        into one :class:`jkt.workdir.WriteError` line; other errors pass through."""
+        try:
+            yield
+        except Exception as e:
+            cause = workdir.os_cause(e)
+            if cause is None:
+                raise
+            self._failed = self._write_error(step, cause)
+            raise self._failed from e
+
+    def _write_error(self, step: int | None, cause: tuple[int, str]) -> workdir.WriteError:
+        """The one-line error of a failed save of ``step``, naming the step a rerun resumes
+        from (the newest complete one left in the directory)."""
+        try:
+            good = latest_saved_step(self.directory)
+        except OSError:
+            good = None
+        resume = "to start afresh" if good is None else f"to resume from step {good}"
+        what = "a checkpoint" if step is None else f"checkpoint step {step}"
+        return workdir.write_error(f"{what} to {self.directory}", cause, self.directory, resume)
 
     def latest_step(self) -> int | None:
         """Most recent complete step, or None when there is none. Complete is not
@@ -471,12 +558,23 @@ class TrainCheckpointer:
         self._manager.reload()
 
     def wait(self) -> None:
-        """Blocks until pending asynchronous saves are complete."""
-        self._manager.wait_until_finished()
+        """Blocks until pending asynchronous saves are complete; raises
+        :class:`jkt.workdir.WriteError` if one could not be written."""
+        with self._writing(self._pending):
+            self._manager.wait_until_finished()
+        self._pending = None
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        """Waits for pending saves and closes the manager. A write failure that ``save`` or
+        ``wait`` already raised is not raised again."""
+        reported = self._failed
+        try:
+            self.wait()
+            with self._writing(self._pending):
+                self._manager.close()
+        except workdir.WriteError:
+            if reported is None:
+                raise
 
     def __enter__(self):
         return self
@@ -563,15 +661,23 @@ def save_teacher(path, variables, meta: TeacherMeta, overwrite: bool = False) ->
         f"architecture {meta.arch!r} with options {meta.model_options}",
     )
     meta_json = {**meta.to_json(), CHECKSUM_KEY: _checksum(variables)}
-    with _teacher_checkpointer() as ckptr:
-        ckptr.save(
-            path,
-            args=ocp.args.Composite(
-                variables=ocp.args.StandardSave(variables),
-                meta=ocp.args.JsonSave(meta_json),
-            ),
-            force=overwrite,
-        )
+    _quiet_background_failures()
+    try:
+        with _teacher_checkpointer() as ckptr:
+            ckptr.save(
+                path,
+                args=ocp.args.Composite(
+                    variables=ocp.args.StandardSave(variables),
+                    meta=ocp.args.JsonSave(meta_json),
+                ),
+                force=overwrite,
+            )
+    except Exception as e:
+        cause = workdir.os_cause(e)
+        if cause is None:
+            raise
+        raise workdir.write_error(f"the teacher artifact {path}", cause, path.parent,
+                                  "to finish") from e
     return path
 
 

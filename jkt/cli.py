@@ -215,8 +215,12 @@ def run(main: Callable[[Any], Any], cfg, errors: tuple[type[BaseException], ...]
 
     * settings that do not fit the data or the work directory (``ValueError``,
       ``FileNotFoundError``): ``error: ...``, exit status 2, like a usage error;
-    * a failure while running (``errors``, e.g. a non-finite loss; ``OSError`` such as a
-      full or read-only disk; a busy work directory): ``error: ...``, exit status 1;
+    * a failure while running (``errors``, e.g. a non-finite loss; a busy work
+      directory): ``error: ...``, exit status 1;
+    * a disk that fills up or turns read-only while running (``OSError``): ``error:
+      cannot write ...`` naming the file or directory, the cause and the fix, exit status
+      1; the process then ends without waiting on the checkpoint library's background
+      threads, which a failed save may leave behind;
     * Ctrl-C: the training loop stops at the next step, saves a checkpoint there and waits
       for it (a second Ctrl-C stops at once); then ``interrupted`` and how to resume, exit
       status 130. The process ends without waiting on background threads, which an
@@ -233,8 +237,11 @@ def run(main: Callable[[Any], Any], cfg, errors: tuple[type[BaseException], ...]
         _exit_now(130)
     except USAGE_ERRORS as e:  # before OSError: FileNotFoundError is one
         _fail(e, 2)
-    except (*errors, workdir.WorkdirBusyError, OSError) as e:
+    except (*errors, workdir.WorkdirBusyError) as e:
         _fail(e, 1)
+    except OSError as e:
+        print(f"error: {_disk_message(e, cfg)}", file=sys.stderr)
+        _exit_now(1)
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
@@ -272,6 +279,30 @@ def _exit_now(status: int):
     sys.stderr.flush()
     workdir.release_locks()
     os._exit(status)
+
+
+def _disk_message(e: OSError, cfg) -> str:
+    """One line for a failed disk operation: a :class:`jkt.workdir.WriteError` as it is
+    (also when a clean-up failing on the same disk raised another error while it
+    propagated); another full-disk or not-writable error with the work directory and the
+    fix added."""
+    from jkt import workdir
+
+    first, seen = e, set()
+    while first is not None and id(first) not in seen:
+        if isinstance(first, workdir.WriteError):
+            e = first
+            break
+        seen.add(id(first))
+        first = first.__context__
+    text = str(e).replace(chr(10), " ")
+    if isinstance(e, workdir.WriteError) or e.errno not in (*workdir.DISK_FULL,
+                                                            *workdir.NOT_WRITABLE):
+        return text
+    where = getattr(cfg, "workdir", None)
+    inside = f" (work directory {where})" if where else ""
+    return (f"{text}{inside} — {workdir.disk_fix(e.errno, where or 'it')} and rerun the same "
+            "command to resume from the last checkpoint")
 
 
 def _fail(e: BaseException, status: int):

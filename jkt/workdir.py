@@ -12,11 +12,17 @@ recorded, one launch at a time, and every run's settings checked before it is re
   line naming the fields that differ.
 * Only one process of a multi-host job writes files (:func:`is_writer`); Orbax's
   collective checkpoint saves stay collective.
+* A write that fails while running (full disk, read-only or unmounted directory) is one
+  :class:`WriteError` line naming the file or directory, the cause and the fix
+  (:func:`write_error`, :func:`write_file`); what was written before it is left intact, so
+  the same command resumes once the disk is fixed.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
+import errno
 import json
 import os
 import socket
@@ -37,6 +43,73 @@ class WorkdirBusyError(RuntimeError):
 
 class SettingsChangedError(ValueError):
     """A run in the work directory was recorded with other settings."""
+
+
+class WriteError(OSError):
+    """A write to disk failed while running (full disk, read-only directory, ...): one line
+    naming what could not be written, where, the cause and the fix; ``errno`` is the
+    cause's."""
+
+    def __init__(self, message: str, code: int | None = None):
+        super().__init__(message)
+        self.errno = code
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+_DISK_ERRNOS = (*DISK_FULL, *NOT_WRITABLE, errno.EIO)
+
+
+def os_cause(e: BaseException | None) -> tuple[int, str] | None:
+    """``(errno, "[Errno N] text")`` of the operating-system error behind ``e``: ``e``
+    itself, an exception it was raised from, or a library error quoting one (TensorStore
+    reports a failed write as a ``ValueError`` naming the ``strerror``); ``None`` if there
+    is none."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno is not None:
+            return e.errno, f"[Errno {e.errno}] {e.strerror or os.strerror(e.errno)}"
+        text = str(e)
+        for code in _DISK_ERRNOS:
+            if os.strerror(code) in text:
+                return code, f"[Errno {code}] {os.strerror(code)}"
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def disk_fix(code: int | None, directory) -> str:
+    """What to do about a failed write into ``directory`` with ``errno`` ``code``."""
+    if code in DISK_FULL:
+        return "free space"
+    if code in NOT_WRITABLE:
+        return f"make {directory} writable"
+    return f"check the disk of {directory}"
+
+
+def write_error(what: str, cause: tuple[int, str], directory, resume: str) -> WriteError:
+    """``cannot write WHAT: [Errno N] text — FIX and rerun the same command RESUME``, where
+    ``cause`` is :func:`os_cause`'s and FIX is :func:`disk_fix`'s."""
+    code, text = cause
+    return WriteError(f"cannot write {what}: {text} — {disk_fix(code, directory)} and rerun "
+                      f"the same command{' ' + resume if resume else ''}", code)
+
+
+def write_file(path, text: str, *, resume: str = "to resume from the last checkpoint") -> Path:
+    """Writes ``text`` to ``path`` atomically (a temporary file renamed over it: a failed
+    write leaves the old file, if any, as it was); a failure is one :class:`WriteError`
+    line naming ``path``."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise write_error(str(path), os_cause(e) or (e.errno, str(e)), path.parent,
+                          resume) from e
+    return path
 
 
 def is_writer() -> bool:
@@ -156,13 +229,15 @@ class WorkdirLock:
 def prepare(cfg, workdir=None, *, lock: bool = True) -> Path:
     """:func:`setup_jax`, creates ``workdir`` (default ``cfg.workdir``), takes its lock
     (released at exit) and writes the fully resolved ``cfg`` to ``workdir/config.json``;
-    returns the directory. An unwritable directory is one ``OSError`` line."""
+    returns the directory. An unwritable directory is one :class:`WriteError` line; a
+    path that is a file is a ``ValueError``."""
     raw = str(cfg.workdir if workdir is None else workdir)
     if "://" in raw:  # pathlib would silently turn gs://b/x into the local dir gs:/b/x
         raise ValueError(f"work directory {raw}: URIs are not supported for work directories "
                          "(a local lock file and atomic renames are needed); use a local or "
                          "mounted shared path")
     out = Path(raw)
+    _check_not_a_file(out)
     setup_jax(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -171,8 +246,26 @@ def prepare(cfg, workdir=None, *, lock: bool = True) -> Path:
         if is_writer():
             config_lib.write_json(cfg, out / CONFIG_FILE)
     except OSError as e:
-        raise OSError(f"cannot write to the work directory {out}: {e.strerror or e}") from None
+        existing = next((p for p in (out, *out.parents) if p.exists()), out)
+        raise write_error(f"to the work directory {out}", os_cause(e) or (e.errno, str(e)),
+                          existing, "") from None
     return out
+
+
+def _check_not_a_file(out: Path) -> None:
+    """``ValueError`` if ``out`` or a parent of it is an existing file (a mistyped
+    ``--workdir``/``--out``): a bad setting, not a disk failure."""
+    for p in (out, *out.parents):
+        try:
+            if not p.exists():
+                continue
+            is_dir = p.is_dir()
+        except OSError:  # unreadable: left to the write, which names the cause
+            return
+        if not is_dir:
+            raise ValueError(f"work directory {out}: {p} is a file, not a directory; "
+                             "use another --workdir")
+        return
 
 
 def check_record(path, record: dict, *, what: str, ignore: tuple[str, ...] = ()) -> None:
@@ -202,5 +295,7 @@ def check_record(path, record: dict, *, what: str, ignore: tuple[str, ...] = ())
         config_lib.write_json(fresh, path)
 
 
-__all__ = ["CONFIG_FILE", "RECORD_MAY_CHANGE", "SettingsChangedError", "WorkdirBusyError",
-           "WorkdirLock", "check_record", "is_writer", "prepare", "release_locks", "setup_jax"]
+__all__ = ["CONFIG_FILE", "DISK_FULL", "NOT_WRITABLE", "RECORD_MAY_CHANGE",
+           "SettingsChangedError", "WorkdirBusyError", "WorkdirLock", "WriteError",
+           "check_record", "disk_fix", "is_writer", "os_cause", "prepare", "release_locks",
+           "setup_jax", "write_error", "write_file"]

@@ -91,18 +91,22 @@ def test_resumed_history_is_cut_back_to_the_checkpoint(tmp_path):
     assert steps == [2, 4, 6]
 
 
-def test_unwritable_workdir_is_one_line(tmp_path, monkeypatch):
-    if os.geteuid() == 0:
-        pytest.skip("root can write into read-only directories")
+def test_unwritable_workdir_is_one_line(tmp_path):
+    """A work directory that cannot be written stops the launch at once: one line naming
+    it, the cause and the fix, exit status 1 (as root, without CAP_DAC_OVERRIDE)."""
+    from disk_faults_test import ROOT, permissions_apply
+
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o500)
-    from experiments import distill
-
-    monkeypatch.setattr(workdir, "setup_jax", lambda _: None)
-    cfg = distill.parse_config(["--workdir", str(ro / "w")])
-    with pytest.raises(OSError, match="cannot write to the work directory"):
-        workdir.prepare(cfg)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([*permissions_apply(), sys.executable, "-m", "experiments.train_teacher",
+                          "--workdir", str(ro / "w"), "--no-progress"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert [line for line in out.stderr.splitlines() if "error" in line.lower()] == [
+        f"error: cannot write to the work directory {ro / 'w'}: [Errno 13] Permission denied "
+        f"— make {ro} writable and rerun the same command"]
 
 
 def test_lock_file_records_owner(tmp_path):

@@ -37,7 +37,7 @@ from jkt.train.objective import TERMS, Objective
 from jkt.train.optim import CIFAR_RECIPE, OptimConfig, make_optimizer
 from jkt.train.state import TrainState, create_train_state
 from jkt.train.step import make_eval_step
-from jkt.workdir import is_writer
+from jkt.workdir import is_writer, write_file
 
 RESULT_FILE = "result.json"
 METRICS_FILE = "metrics.jsonl"
@@ -527,9 +527,8 @@ def _evaluate_and_write(runs: _Runs, states, eval_splits, ckpts, last, *, mean, 
                            wall_time=time.time() - t0, resumed_from=resumed_from)
         ckpt.close()
         if is_writer():
-            tmp = (w / RESULT_FILE).with_suffix(".tmp")
-            tmp.write_text(json.dumps(result.to_json(), indent=1))
-            tmp.replace(w / RESULT_FILE)
+            write_file(w / RESULT_FILE, json.dumps(result.to_json(), indent=1),
+                       resume="to evaluate the run again from its last checkpoint")
         results.append(result)
     return results
 
