@@ -65,14 +65,19 @@ def optim_flags(prefix: str = "", path: str = "optim", who: str = "student") -> 
 
 
 def data_flags(path: str = "data") -> tuple[Flag, ...]:
-    """``--dataset``, ``--data-dir``, ``--image-size``, ``--val-fraction``."""
+    """``--dataset``, ``--data-dir``, ``--image-size``, ``--val-fraction``,
+    ``--validation``, ``--augment``."""
     return (
         Flag("--dataset", f"{path}.name",
              "digits | cifar10 | cifar100 | folder:PATH (folder or .zip/.tar.xz)"),
         Flag("--data-dir", f"{path}.data_dir", "tfds data directory (cifar10/cifar100)"),
         Flag("--image-size", f"{path}.image_size", "side of the square input images"),
         Flag("--val-fraction", f"{path}.val_fraction",
-             "fraction of the train split held out for validation"),
+             "size of the validation set, as a fraction of the train split"),
+        Flag("--validation", f"{path}.validation",
+             "held_out: validate on images set aside from the train split; unused: train "
+             "on the whole train split, validate each subset run on images not in it; none"),
+        Flag("--augment", f"{path}.augment", "none | crop | crop+flip (pad-4 crop, flip)"),
     )
 
 

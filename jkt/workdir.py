@@ -34,7 +34,8 @@ from jkt import config as config_lib
 CONFIG_FILE = "config.json"
 LOCK_FILE = ".lock"
 # Fields of a run's record that may change between launches without changing its numbers.
-RECORD_MAY_CHANGE = ("train.progress", "train.log_every", "train.checkpoint_every")
+RECORD_MAY_CHANGE = ("train.progress", "train.log_every", "train.checkpoint_every",
+                     "data.cache_dir")
 
 
 class WorkdirBusyError(RuntimeError):

@@ -126,7 +126,7 @@ def test_fused_grid_matches_separate_runs(image_folder, tmp_path):
     mesh = parallel.make_mesh(jax.devices()[:1])
     base = dataclasses.replace(
         quick(), data=DataConfig(f"folder:{image_folder}", val_fraction=0.2),
-        methods=("ce+jac", "act+jac", "ce+act+jac"),
+        methods=("ce+jac", "act+jac", "ce+act+jac"), label_free_estimator="label",
         n_per_class=(2,), seeds=(0,), max_steps=5, teacher_max_steps=4,
         student_options={"width_multiplier": 0.0625},
         teacher_options={"width_multiplier": 0.0625},

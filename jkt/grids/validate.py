@@ -32,17 +32,20 @@ def check_seeds(seeds) -> None:
         raise ValueError(f"seeds lists a seed twice: {','.join(map(str, seeds))}")
 
 
-def check_model(name: str, options: dict, who: str) -> None:
+def check_model(name: str, options: dict, who: str, field: str | None = None) -> None:
+    """``name`` is a model and ``options`` (the config field ``field``, default
+    ``{who}_options``) fit it."""
+    field = field or f"{who}_options"
     if name not in models.MODELS:
         raise ValueError(f"unknown {who} architecture {name!r}; valid: "
                          f"{', '.join(models.MODELS)}")
     width = options.get("width_multiplier", 1.0)
     if not (isinstance(width, int | float) and width > 0):
-        raise ValueError(f"{who}_options.width_multiplier must be positive, got {width!r}")
+        raise ValueError(f"{field}.width_multiplier must be positive, got {width!r}")
     sizes = options.get("stage_sizes")
     if sizes is not None and (not isinstance(sizes, tuple | list) or not sizes or not all(
             isinstance(s, int) and s > 0 for s in sizes)):
-        raise ValueError(f"{who}_options.stage_sizes takes positive integers, e.g. 3,4,6,3; "
+        raise ValueError(f"{field}.stage_sizes takes positive integers, e.g. 3,4,6,3; "
                          f"got {sizes!r}")
 
 

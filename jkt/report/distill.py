@@ -27,8 +27,8 @@ def write(rows: list[dict], workdir: Path, cfg, teacher_accuracy: float | None) 
         paper.TABLE1, f"{cfg.data.name}, {cfg.teacher} teacher → {cfg.student} student") + "\n\n"
     md = (f"# Distillation ({cfg.data.name}: {cfg.teacher} teacher → {cfg.student} "
           f"student)\n\nTest accuracy (%), mean ± std over {len(cfg.seeds)} seed(s); best per "
-          f"column in bold. Teacher test accuracy: {teacher}. Jacobian estimator: "
-          f"`{cfg.estimator}`{' (eq. 10 normalised)' if cfg.normalize else ''}.\n\n"
+          f"column in bold. Teacher test accuracy: {teacher}. {_estimators(cfg)}"
+          f"{' (eq. 10 normalised)' if cfg.normalize else ''}.\n\n"
           + note + tables.accuracy_tables(rows, **common) + "\n")
     if compare:
         agg = tables.aggregate(rows, "method", "n_per_class", "test_accuracy")
@@ -42,6 +42,15 @@ def write(rows: list[dict], workdir: Path, cfg, teacher_accuracy: float | None) 
                               xlabel="data points per class (log; 'full' plotted at right)",
                               title=f"Distillation on {cfg.data.name}")
     return md
+
+
+def _estimators(cfg) -> str:
+    """Which output each row's Jacobian is taken of."""
+    label_free = getattr(cfg, "label_free_estimator", cfg.estimator)
+    if "act+jac" not in cfg.methods or label_free == cfg.estimator:
+        return f"Jacobian estimator: `{cfg.estimator}`"
+    return (f"Jacobian estimator: `{cfg.estimator}` for the rows with cross-entropy, "
+            f"`{label_free}` for \"{METHOD_LABELS['act+jac']}\" (no labels)")
 
 
 FILES = ("results.csv", "results.md", "results.png")

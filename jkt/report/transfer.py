@@ -48,6 +48,15 @@ def _header(cfg, info: dict, what: str, table: paper.PaperTable) -> str:
             f"{note}")
 
 
+def _jacobian_row(cfg) -> str:
+    """What "CE + match {activations + Jacobians}" matched."""
+    if getattr(cfg, "jacobian_row", "output") == "attention_map":
+        return ("\"CE + match {activations + Jacobians}\" matches the Jacobian of the pooled "
+                "attention map at feature level 1 (app. 10.2, eq. 10; no attention matching).")
+    return ("\"CE + match {activations + Jacobians}\" matches the output Jacobian of the "
+            "teacher's top logit (prop. 1).")
+
+
 def write(rows: dict, cfg, workdir: Path, info: dict) -> None:
     """``transfer.*`` from the main rows, ``ablation_{depth,pool}.*`` from the others."""
     main = rows["main"]
@@ -59,7 +68,8 @@ def write(rows: dict, cfg, workdir: Path, info: dict) -> None:
                       col_header="# of data points per class →")
         md = (_header(cfg, info, "Transfer learning (Table 3)", paper.TABLE3)
               + f"\n\nTest accuracy (%), mean ± std over {len(cfg.seeds)} seed(s); best per "
-              "column in bold.\n\n" + tables.accuracy_tables(main, **common) + "\n")
+              f"column in bold. {_jacobian_row(cfg)}\n\n"
+              + tables.accuracy_tables(main, **common) + "\n")
         if paper.compare(cfg):
             agg = tables.aggregate(main, "method", "n_per_class", "test_accuracy")
             md += "\n" + paper.beside(paper.TABLE3, agg, row_order=list(cfg.methods),

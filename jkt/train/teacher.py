@@ -88,7 +88,7 @@ class TeacherConfig:
     def __post_init__(self):
         from jkt.grids.validate import check_model, check_steps
 
-        check_model(self.arch, self.model_options, "teacher")
+        check_model(self.arch, self.model_options, "teacher", "model_options")
         check_steps(self, ("max_steps", "checkpoint_every"))
 
 
