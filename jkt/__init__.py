@@ -4,6 +4,8 @@ Public modules:
   jkt.jacobian    input Jacobians: vjp_input, jvp_input, full_jacobian, select_cotangent,
                   attention-map Jacobians (eq. 10 / §5.2.1)
   jkt.losses      per-example losses (prop. 1-2, eq. 2-3, 8-10)
+  jkt.penalties   Jacobian matching / Jacobian-norm penalties for your own model (a
+                  function, Linen or NNX) in your own training step: jacobian_penalties
   jkt.models      Flax VGG-4/VGG-9/ResNet-34, ``create(name, num_classes, **options)``,
                   feature taps and their pairing across architectures
   jkt.data        datasets (tfds, folders/archives, digits), subsets, class splits,
@@ -30,9 +32,10 @@ from jkt import (  # noqa: E402
     losses,
     models,
     parallel,
+    penalties,
     report,
     train,
 )
 
 __all__ = ["checkpoint", "cli", "config", "data", "grids", "jacobian", "losses", "models",
-           "parallel", "report", "train"]
+           "parallel", "penalties", "report", "train"]

@@ -62,9 +62,14 @@ class _Damaged(Exception):
 
 
 def _path(p) -> epath.Path:
-    """Absolute local path, or a remote one (``gs://...``) as is."""
+    """Absolute local path, or a remote one (``gs://...``) as is; an unsupported URI scheme
+    is a one-line ``ValueError``."""
     s = os.fspath(p)
-    return epath.Path(s if "://" in s else os.path.abspath(s))
+    if "://" in s:
+        from jkt.data import cache as cache_lib
+
+        return cache_lib.as_path(s)
+    return epath.Path(os.path.abspath(s))
 
 
 def _teacher_checkpointer() -> ocp.Checkpointer:
@@ -683,7 +688,11 @@ def save_teacher(path, variables, meta: TeacherMeta, overwrite: bool = False) ->
 
 def _read_teacher(path: epath.Path) -> tuple[TeacherMeta, Any]:
     """``(meta, checksum record or None)`` of the artifact at ``path``."""
-    if not path.exists():
+    from jkt.data import cache as cache_lib
+
+    with cache_lib.storage_errors(path):
+        exists = path.exists()
+    if not exists:
         raise FileNotFoundError(
             f"No teacher artifact at {path}; check the path, or create one "
             "(train or import a teacher)")

@@ -33,6 +33,7 @@ from jkt.data.batches import BatchStream, eval_batches, make_batch
 from jkt.data.types import Split
 from jkt.models import create as create_model
 from jkt.train import fused
+from jkt.train.events import open_event_writer, write_scalars
 from jkt.train.objective import TERMS, Objective
 from jkt.train.optim import CIFAR_RECIPE, OptimConfig, make_optimizer
 from jkt.train.state import TrainState, create_train_state
@@ -424,7 +425,8 @@ def _save(ckpts, step: int, states: TrainState, data_meta: dict, force: bool = F
 class _MetricLog:
     """Per-run metrics: kept on the device until a log or checkpoint step, then fetched in
     one transfer, checked in step order (naming the first non-finite step and term),
-    averaged over the log window into each run's ``metrics.jsonl`` and the progress bar.
+    averaged over the log window into each run's ``metrics.jsonl``, its TensorBoard event
+    file (the same numbers, :mod:`jkt.train.events`) and the progress bar.
     Each run reports its own active terms (a fused step computes the union's)."""
 
     def __init__(self, runs: _Runs, start: int):
@@ -435,6 +437,7 @@ class _MetricLog:
         self.window: list[list[dict[str, float]]] = []  # fetched, not yet written
         self.last: list[dict[str, float]] = [{} for _ in runs.objectives]  # final step's
         self.files = [_open_history(w / METRICS_FILE, start) for w in runs.workdirs]
+        self.events = [open_event_writer(w, start) for w in runs.workdirs]
         label = (runs.descs[0] if runs.size == 1
                  else f"{runs.size} fused runs: {', '.join(runs.descs)}")
         self.bar = tqdm(total=runs.n_steps, initial=start, desc=label or "train", leave=False,
@@ -467,16 +470,18 @@ class _MetricLog:
                 raise NonFiniteLossError(f"{prefix}{e}") from e
 
     def write(self, done: int) -> None:
-        """Fetches, then appends each run's window means as one ``metrics.jsonl`` line."""
+        """Fetches, then appends each run's window means as one ``metrics.jsonl`` line
+        and as TensorBoard scalars at step ``done``."""
         self.fetch()
         self.last = self.window[-1]
         for r, f in enumerate(self.files):
             rows = [w[r] for w in self.window]
             means = {k: float(np.mean([m[k] for m in rows])) for k in rows[0]}
+            line = {"step": done, "epoch": self.runs.stream.epoch(done), **means}
             if f is not None:
-                f.write(json.dumps({"step": done, "epoch": self.runs.stream.epoch(done),
-                                    **means}) + "\n")
+                f.write(json.dumps(line) + "\n")
                 f.flush()
+            write_scalars(self.events[r], done, line)
             if r == 0:
                 self.bar.set_postfix({k: f"{v:.3g}" for k, v in means.items()}, refresh=False)
         self.window = []
@@ -488,6 +493,9 @@ class _MetricLog:
         for f in self.files:
             if f is not None:
                 f.close()
+        for w in self.events:
+            if w is not None:
+                w.close()
         self.bar.close()
 
 

@@ -22,9 +22,9 @@ import jax
 import jax.numpy as jnp
 
 from jkt import jacobian as jj
-from jkt import losses
+from jkt import losses, penalties
+from jkt.penalties import ESTIMATORS
 
-ESTIMATORS = ("label", "top", "random", "rademacher", "sphere", "jvp", "full")
 TERMS = ("ce", "act", "jac", "jac_norm", "att", "att_jac")
 
 
@@ -180,7 +180,7 @@ def _networks(o: Objective, student_fn, teacher_fn, x) -> tuple[_Net, _Net | Non
     differentiated once if any of its Jacobians is needed."""
     if o.needs_teacher and teacher_fn is None:
         raise ValueError("this objective matches a teacher, but no teacher was given")
-    reverse = o.estimator != "jvp"
+    reverse = penalties.reverse_mode(o.estimator)
     s = _evaluate(_student_forward(o, student_fn), x,
                   ((o.jac > 0 or o.jac_norm > 0) and reverse) or o.att_jac > 0)
     if teacher_fn is None or not o.needs_teacher:
@@ -195,41 +195,6 @@ def _networks(o: Objective, student_fn, teacher_fn, x) -> tuple[_Net, _Net | Non
     return s, t
 
 
-# Jacobian estimators: estimator -> (probe of the batch) -> (network -> its Jacobian rows).
-# Student and teacher rows come from the same probe, so their difference estimates
-# prop. 1's Σ_i ‖∇_x T^i - ∇_x S^i‖² (all i for random, rademacher, sphere, jvp, full).
-
-
-def _one_row(mode: str) -> Callable:
-    """One reverse pass with the output-space cotangent ``v`` of ``mode``: rows ``Jᵀv``
-    of shape ``(B, *D)``."""
-
-    def rows_of(ref_logits, labels, key, x):
-        v = jj.select_cotangent(ref_logits, mode, labels=labels, key=key)
-        return lambda net: net.pulls["logits"](v)
-
-    return rows_of
-
-
-def _forward_row(ref_logits, labels, key, x):
-    """One forward-mode pass with the input-space probe ``u ~ N(0, I_D)``: ``J u`` (B, K)."""
-    u = jj.input_tangent(key, x)
-    return lambda net: jj.jvp_input(net.logits_fn, x, u)[1]
-
-
-def _all_rows(ref_logits, labels, key, x):
-    """K reverse passes: the full Jacobian ``(B, K, *D)``."""
-    return lambda net: jj.jacobian_rows(net.pulls["logits"], net.logits)
-
-
-ESTIMATOR_ROWS: dict[str, Callable] = {
-    **{mode: _one_row(mode) for mode in jj.COTANGENT_MODES},
-    "jvp": _forward_row,
-    "full": _all_rows,
-}
-assert tuple(ESTIMATOR_ROWS) == ESTIMATORS
-
-
 def _output_terms(o: Objective, s: _Net, t: _Net | None, labels) -> dict:
     terms = {}
     if o.ce > 0:
@@ -239,23 +204,24 @@ def _output_terms(o: Objective, s: _Net, t: _Net | None, labels) -> dict:
     return terms
 
 
+def _logits_pass(net: _Net | None) -> penalties.Pass | None:
+    """The matched logits of ``net`` and their pullback, as the Jacobian core takes them."""
+    if net is None:
+        return None
+    return penalties.Pass(net.logits, net.pulls and net.pulls["logits"], net.logits_fn)
+
+
 def _jacobian_terms(o: Objective, s: _Net, t: _Net | None, x, labels, key) -> dict:
-    """``jac`` (prop. 1, or eq. 10 with ``normalize``) and ``jac_norm`` (prop. 2)."""
+    """``jac`` (prop. 1, or eq. 10 with ``normalize``) and ``jac_norm`` (prop. 2), by
+    :func:`jkt.penalties.jacobian_terms`, the core of the public entry point too."""
     if not (o.jac > 0 or o.jac_norm > 0):
         return {}
     if o.estimator == "label" and t is not None and t.logits.shape[1] != s.target.shape[1]:
         raise ValueError("the 'label' estimator needs student and teacher in the label "
                          "space of the labels; use 'top' for transfer (two-head) runs")
-    ref_logits = t.logits if t is not None else s.logits
-    rows = ESTIMATOR_ROWS[o.estimator](ref_logits, labels, key, x)
-    s_rows = rows(s)
-    terms = {}
-    if o.jac > 0:
-        t_rows = jax.lax.stop_gradient(rows(t))
-        terms["jac"] = losses.match_jacobians(s_rows, t_rows, normalize=o.normalize)
-    if o.jac_norm > 0:
-        terms["jac_norm"] = losses.jacobian_norm(s_rows)
-    return terms
+    return penalties.jacobian_terms(o.estimator, _logits_pass(s), _logits_pass(t), x, labels,
+                                    key, normalize=o.normalize, match=o.jac > 0,
+                                    norm=o.jac_norm > 0)
 
 
 def _attention_terms(o: Objective, s: _Net, t: _Net | None) -> dict:
