@@ -22,9 +22,17 @@ from jkt.train.methods import (
     transfer_objective,
 )
 from jkt.train.objective import ESTIMATORS, Objective, compose_losses
-from jkt.train.optim import CIFAR_RECIPE, MIT_RECIPE, RECIPES, OptimConfig, make_optimizer
+from jkt.train.optim import (
+    CIFAR_RECIPE,
+    MIT_RECIPE,
+    RECIPES,
+    OptimConfig,
+    ScheduledOptimizer,
+    make_optimizer,
+)
 from jkt.train.state import TrainState, create_train_state
 from jkt.train.step import make_eval_step, make_train_step
+from jkt.train.step_cache import StepCache
 
 __all__ = [
     "CIFAR_RECIPE", "ESTIMATORS", "JACOBIAN_ROWS", "METHODS", "METHOD_LABELS", "MIT_RECIPE",
@@ -34,5 +42,5 @@ __all__ = [
     "create_train_state", "evaluate", "final_variables", "make_eval_step", "make_optimizer",
     "make_train_step", "method_objective", "total_steps", "train_and_evaluate",
     "train_and_evaluate_fused", "transfer_objective",
-    "FUSION_MODES", "fusion_groups", "make_fused_train_step",
+    "FUSION_MODES", "fusion_groups", "make_fused_train_step", "ScheduledOptimizer", "StepCache",
 ]

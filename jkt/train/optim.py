@@ -1,9 +1,19 @@
-"""Optimisers and learning-rate schedules of appendix 10.3, built from optax."""
+"""Optimisers and learning-rate schedules of appendix 10.3, built from optax.
+
+:func:`make_optimizer` bakes a run's schedule boundaries (which depend on its number of
+examples and steps) into the transformation. :class:`ScheduledOptimizer` is the same
+transformation with those boundaries left out: the training loop passes them to its
+jitted step as small arrays (:func:`schedule_arrays`), so runs that differ only in their
+data size or step count share one compiled step.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
+import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -75,11 +85,96 @@ def make_optimizer(cfg: OptimConfig, steps_per_epoch: int,
                    total_steps: int | None = None) -> optax.GradientTransformation:
     """The optax transformation for ``cfg`` (see :func:`decay_boundaries`)."""
     lr = learning_rate_schedule(cfg, steps_per_epoch, total_steps)
+    return _chain(cfg.name, cfg.momentum, cfg.weight_decay, lr)
+
+
+def _chain(name: str, momentum: float, weight_decay: float,
+           lr: optax.Schedule) -> optax.GradientTransformation:
+    """Optional coupled weight decay, then Adam or SGD with momentum at rate ``lr``."""
     parts = []
-    if cfg.weight_decay > 0:
-        parts.append(optax.add_decayed_weights(cfg.weight_decay))
-    if cfg.name == "adam":
+    if weight_decay > 0:
+        parts.append(optax.add_decayed_weights(weight_decay))
+    if name == "adam":
         parts.append(optax.adam(lr))
     else:
-        parts.append(optax.sgd(lr, momentum=cfg.momentum))
+        parts.append(optax.sgd(lr, momentum=momentum))
     return optax.chain(*parts)
+
+
+def schedule_arrays(cfg: OptimConfig, steps_per_epoch: int,
+                    total_steps: int | None = None) -> dict[str, np.ndarray]:
+    """The run-dependent constants of :func:`learning_rate_schedule` as arrays.
+
+    Returns ``{"boundaries": int32 (K,), "scales": float32 (K,)}`` with
+    ``K = len(cfg.decay_epochs)``: the distinct positive :func:`decay_boundaries` in
+    ascending order, each with scale ``decay_factor`` (what the optax schedule's
+    ``{boundary: scale}`` dict holds), then padding entries (boundary 0, scale 1) that
+    leave the rate unchanged, so that ``K`` depends on the config only.
+    """
+    if cfg.decay_factor < 0:
+        raise ValueError(f"decay_factor must be >= 0, got {cfg.decay_factor}")
+    bounds = sorted({b for b in decay_boundaries(cfg, steps_per_epoch, total_steps) if b > 0})
+    pad = len(cfg.decay_epochs) - len(bounds)
+    return {"boundaries": np.array(bounds + [0] * pad, np.int32),
+            "scales": np.array([cfg.decay_factor] * len(bounds) + [1.0] * pad, np.float32)}
+
+
+def scheduled_learning_rate(learning_rate: float, schedule: dict[str, Any]) -> optax.Schedule:
+    """``count -> rate`` of :func:`schedule_arrays`' ``schedule`` (numpy or traced arrays).
+
+    The arithmetic of ``optax.piecewise_constant_schedule``, operation for operation,
+    with each boundary and scale read from the arrays instead of Python constants: the
+    rates are bit for bit optax's. A padding entry (scale 1) returns ``v * 0 + 1 * v`` or
+    ``v * 1 + 0 * v``, i.e. ``v`` exactly.
+    """
+    boundaries, scales = schedule["boundaries"], schedule["scales"]
+
+    def lr(count):
+        v = learning_rate
+        for i in range(len(boundaries)):
+            indicator = jnp.maximum(0.0, jnp.sign(jnp.asarray(boundaries[i]) - count))
+            v = v * indicator + (1 - indicator) * jnp.asarray(scales[i]) * v
+        return v
+
+    return lr
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduledOptimizer:
+    """:func:`make_optimizer`'s transformation without the run's schedule boundaries.
+
+    Holds only what fixes the program and the optimiser state's structure (optimiser,
+    initial rate, momentum, weight decay, number of decay points); the boundaries and
+    scales come at update time (:meth:`bind` of :func:`schedule_arrays`). Equal and
+    hashable for equal fields, so the train states of runs that differ in their number
+    of examples, steps or epochs are the same pytree type to ``jax.jit`` and one compiled
+    step serves all of them. Its optimiser state has the structure of
+    :func:`make_optimizer`'s (checkpoints of either restore into the other).
+    """
+
+    name: str
+    learning_rate: float
+    momentum: float
+    weight_decay: float
+    num_boundaries: int
+
+    @classmethod
+    def of(cls, cfg: OptimConfig) -> ScheduledOptimizer:
+        return cls(cfg.name, cfg.learning_rate, cfg.momentum, cfg.weight_decay,
+                   len(cfg.decay_epochs))
+
+    def bind(self, schedule: dict[str, Any]) -> optax.GradientTransformation:
+        """The optax transformation at :func:`schedule_arrays`' ``schedule`` (may be
+        traced): :func:`make_optimizer`'s, with the same updates bit for bit."""
+        return _chain(self.name, self.momentum, self.weight_decay,
+                      scheduled_learning_rate(self.learning_rate, schedule))
+
+    def init(self, params):
+        """The optimiser state of ``params`` (independent of the schedule)."""
+        k = self.num_boundaries
+        return self.bind({"boundaries": np.zeros(k, np.int32),
+                          "scales": np.ones(k, np.float32)}).init(params)
+
+    def update(self, updates, state, params=None):
+        raise TypeError("a ScheduledOptimizer updates only once bound to its schedule: "
+                        "use .bind(schedule_arrays(...)) (or jkt.train.step.with_schedule)")

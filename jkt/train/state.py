@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import flax.struct
@@ -38,19 +39,36 @@ class TrainState(flax.struct.PyTreeNode):
 
 
 def create_train_state(model, tx, key: jax.Array, input_shape: tuple[int, int, int], mesh,
-                       init_variables=None) -> TrainState:
+                       init_variables=None, *, init_fn: Callable | None = None) -> TrainState:
     """Initialises a replicated :class:`TrainState` directly on the mesh.
 
     Args:
       model: a Flax module from ``jkt.models.create``.
-      tx: optax transformation.
+      tx: optax transformation (or a :class:`jkt.train.optim.ScheduledOptimizer`).
       key: PRNG key; split into the init key and the training key.
       input_shape: one example's ``(H, W, C)``.
       mesh: the data mesh (state is replicated over it).
       init_variables: optional ``{"params", "batch_stats"}`` to start from (e.g. the
         "oracle" initialised from pretrained weights) instead of a random init.
+      init_fn: :func:`make_init` of the same ``model``, ``tx`` and ``input_shape``,
+        jitted with replicated outputs (a :class:`jkt.train.StepCache` keeps one per
+        model); default: jitted here.
     """
     init_key, train_key = jax.random.split(key)
+    if init_fn is None:
+        init_fn = jax.jit(make_init(model, tx, input_shape),
+                          out_shardings=parallel.replicated(mesh))
+    return init_fn(init_key, train_key, init_variables)
+
+
+def make_init(model, tx, input_shape: tuple[int, int, int]) -> Callable:
+    """Builds ``init(init_key, train_key, init_variables) -> TrainState`` at step 0.
+
+    ``init_variables`` (``{"params", "batch_stats"}`` or ``None``: a random init of
+    ``model`` on a zero ``(1, *input_shape)`` input from ``init_key``) gives the
+    variables; the optimiser state is ``tx.init(params)``; the state's ``rng`` is
+    ``train_key``'s data.
+    """
 
     def init(init_key, train_key, init_variables):
         if init_variables is None:
@@ -61,5 +79,4 @@ def create_train_state(model, tx, key: jax.Array, input_shape: tuple[int, int, i
                           batch_stats=init_variables.get("batch_stats", {}),
                           opt_state=tx.init(params), rng=jax.random.key_data(train_key), tx=tx)
 
-    return jax.jit(init, out_shardings=parallel.replicated(mesh))(
-        init_key, train_key, init_variables)
+    return init

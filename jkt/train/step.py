@@ -61,6 +61,25 @@ def make_train_step(
     return train_step
 
 
+def with_schedule(step_fn: Callable) -> Callable:
+    """``step(state, batch, teacher_variables)`` -> ``step(state, batch, teacher_variables,
+    schedule)`` for states whose ``tx`` is a :class:`jkt.train.optim.ScheduledOptimizer`.
+
+    Inside the step the state's optimiser is bound to ``schedule``
+    (:func:`jkt.train.optim.schedule_arrays`: int32 ``(K,)`` boundaries and float32
+    ``(K,)`` scales, jit arguments) for the update, and the returned state carries the
+    unbound optimiser again: in and out states are the same pytree type, whatever the
+    run's schedule, so one jitted program serves runs of any length and data size.
+    """
+
+    def scheduled_train_step(state: TrainState, batch, teacher_variables, schedule):
+        spec = state.tx
+        new, metrics = step_fn(state.replace(tx=spec.bind(schedule)), batch, teacher_variables)
+        return new.replace(tx=spec), metrics
+
+    return scheduled_train_step
+
+
 def input_pipeline(mean: Sequence[float], std: Sequence[float], augment: bool | str
                    ) -> Callable:
     """``(key, uint8 images (B, H, W, C)) -> normalised float32 inputs``: the augmentation
