@@ -34,6 +34,7 @@ from jkt.report import distill as report
 from jkt.train import (
     FUSION_MODES,
     NonFiniteLossError,
+    StepCache,
     TrainConfig,
     fusion_groups,
     train_and_evaluate_fused,
@@ -176,6 +177,7 @@ def run(cfg: DistillConfig, *, mesh=None) -> list[dict]:
         student_options["dtype"] = cfg.dtype
     objs = objectives(cfg)
     groups = method_groups(cfg, objs)
+    step_cache = StepCache()  # one compiled step per method group, not per run
     rows = []
     bar = tqdm(total=len(cfg.methods) * len(cfg.n_per_class) * len(cfg.seeds), desc="grid",
                position=0, dynamic_ncols=True, disable=not cfg.progress)
@@ -199,7 +201,7 @@ def run(cfg: DistillConfig, *, mesh=None) -> list[dict]:
                     cfgs, train, {"val": val, "test": ds.test},
                     num_classes=ds.num_classes, mean=ds.mean, std=ds.std, workdirs=run_dirs,
                     teacher=teacher, mesh=mesh, descs=names,
-                    mode="unroll" if cfg.fusion == "off" else cfg.fusion)
+                    mode="unroll" if cfg.fusion == "off" else cfg.fusion, step_cache=step_cache)
             except NonFiniteLossError as e:
                 raise NonFiniteLossError(f"run {' / '.join(names)}: {e}") from e
             skipped = time.time() - t0 < 0.5

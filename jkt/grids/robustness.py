@@ -27,6 +27,7 @@ from jkt.report import robustness as report
 from jkt.train import (
     NonFiniteLossError,
     Objective,
+    StepCache,
     TrainConfig,
     evaluate,
     final_variables,
@@ -172,6 +173,7 @@ def run(p: RobustnessConfig, *, mesh=None) -> list[dict]:
     mesh, workdir, ds = start(p, mesh)
     print(f"{ds.summary()}, {parallel.process_count_str(mesh)}")
     specs = model_rows(p)
+    step_cache = StepCache()  # rows of one model and optimiser share eval step and init
     rows = []
     bar = tqdm(total=len(specs), desc="models", position=0, dynamic_ncols=True,
                disable=not p.progress)
@@ -186,7 +188,8 @@ def run(p: RobustnessConfig, *, mesh=None) -> list[dict]:
             try:
                 res = train_and_evaluate(cfg, ds.train, {"val": ds.val, "test": ds.test},
                                          num_classes=ds.num_classes, mean=ds.mean, std=ds.std,
-                                         workdir=run_dir, mesh=mesh, desc=spec.name)
+                                         workdir=run_dir, mesh=mesh, desc=spec.name,
+                                         step_cache=step_cache)
             except NonFiniteLossError as e:
                 raise NonFiniteLossError(f"model {spec.name}: {e}") from e
             noise = noise_result(p, cfg, ds, run_dir, mesh)

@@ -34,7 +34,7 @@ from jkt.grids.validate import (
 )
 from jkt.models.taps import auto_pairs, pair_name, parse_pair
 from jkt.report import transfer as report
-from jkt.train import NonFiniteLossError, Objective, TrainConfig, train_and_evaluate
+from jkt.train import NonFiniteLossError, Objective, StepCache, TrainConfig, train_and_evaluate
 from jkt.train.methods import JACOBIAN_ROWS, TRANSFER_METHODS, transfer_objective
 from jkt.train.optim import OptimConfig
 from jkt.train.teacher import oracle_variables, train_teacher
@@ -319,6 +319,7 @@ def run(cfg: TransferConfig, *, mesh=None) -> dict[str, list[dict]]:
                        f"{teacher.meta.num_classes} classes)",
             "target": target.name, "analogue": source is not None}
     rows = {"main": [], "depth": [], "pool": []}
+    step_cache = StepCache()  # one compiled step per objective, not per run
     bar = tqdm(total=len(runs), desc="grid", position=0, dynamic_ncols=True,
                disable=not cfg.progress)
     try:
@@ -342,7 +343,8 @@ def run(cfg: TransferConfig, *, mesh=None) -> dict[str, list[dict]]:
                     train_cfg, train, {"val": val, "test": target.test},
                     num_classes=target.num_classes, mean=teacher.meta.mean,
                     std=teacher.meta.std, workdir=run_dir, teacher=teacher, mesh=mesh,
-                    init_variables=oracle_init if r.method == "oracle" else None, desc=r.name)
+                    init_variables=oracle_init if r.method == "oracle" else None, desc=r.name,
+                    step_cache=step_cache)
             except NonFiniteLossError as e:
                 raise NonFiniteLossError(f"run {r.name}: {e}") from e
             rows[r.kind].append(result_row(r, res, run_dir,

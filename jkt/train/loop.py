@@ -4,8 +4,11 @@ Data flows one way: config -> batches -> state -> jitted step -> metrics / check
 One code path serves a single run and a fused group of ``R`` runs: their states are
 packed (:func:`jkt.train.fused.pack_states`: stacked on a leading run axis, one run's
 state as it is) and updated by one :func:`jkt.train.fused.make_fused_train_step`; each
-run's checkpoint holds its own unstacked state. The step is jitted once with the states
+run's checkpoint holds its own unstacked state. The step is jitted with the states
 replicated and the batch split over the mesh's ``"data"`` axis; the states are donated.
+It comes from a :class:`jkt.train.StepCache` (a grid passes one to all its runs), with the
+learning-rate schedule's run-dependent boundaries as a jit argument, so that runs of one
+structure share one compiled step, eval step and init.
 The loop never waits for the device between steps: each step's metrics stay on the
 device until the next log (or checkpoint) step, where all of them come back in one
 transfer and are checked in order, so a non-finite loss stops the run at that point
@@ -21,7 +24,7 @@ import math
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import numpy as np
@@ -30,14 +33,21 @@ from tqdm.auto import tqdm
 from jkt import parallel
 from jkt.checkpoint import TrainCheckpointer, latest_saved_step
 from jkt.data.batches import BatchStream, eval_batches, make_batch
+from jkt.data.transforms import augmentation_name
 from jkt.data.types import Split
 from jkt.models import create as create_model
 from jkt.train import fused
 from jkt.train.events import open_event_writer, write_scalars
 from jkt.train.objective import TERMS, Objective
-from jkt.train.optim import CIFAR_RECIPE, OptimConfig, make_optimizer
+from jkt.train.optim import (
+    CIFAR_RECIPE,
+    OptimConfig,
+    ScheduledOptimizer,
+    make_optimizer,
+    schedule_arrays,
+)
 from jkt.train.state import TrainState, create_train_state
-from jkt.train.step import make_eval_step
+from jkt.train.step_cache import StepCache
 from jkt.workdir import is_writer, write_file
 
 RESULT_FILE = "result.json"
@@ -75,7 +85,8 @@ class TrainConfig:
       model_options: options for it (e.g. ``{"dropout": 0.25}``).
       objective: the loss (see :class:`jkt.train.objective.Objective`).
       optim: optimiser, schedule, epochs and batch size.
-      augment: pad-4 random crop + horizontal flip on device.
+      augment: on-device augmentation: ``"crop+flip"`` (pad-4 random crop + horizontal
+        flip), ``"crop"`` or ``"none"`` (``True``/``False`` mean ``"crop+flip"``/``"none"``).
       seed: initialisation / augmentation / data-order seed.
       max_steps: stop after this many steps (default: ``epochs * ceil(N / B)``).
       log_every: steps between progress/metric logs.
@@ -88,7 +99,7 @@ class TrainConfig:
     model_options: dict = dataclasses.field(default_factory=dict)
     objective: Objective = Objective()
     optim: OptimConfig = CIFAR_RECIPE
-    augment: bool = True
+    augment: Literal["none", "crop", "crop+flip"] = "crop+flip"
     seed: int = 0
     max_steps: int | None = None
     log_every: int = 50
@@ -97,6 +108,7 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
+        object.__setattr__(self, "augment", augmentation_name(self.augment))
         for f in ("log_every", "checkpoint_every", "eval_batch_size"):
             if getattr(self, f) <= 0:
                 raise ValueError(f"{f} must be positive, got {getattr(self, f)}")
@@ -138,6 +150,8 @@ def total_steps(cfg: TrainConfig, num_examples: int) -> int:
 def evaluate(eval_fn, variables, split: Split, mesh, batch_size: int, *, sigma: float = 0.0,
              key: jax.Array | None = None) -> float:
     """Accuracy of ``eval_fn`` (a jitted :func:`make_eval_step`) over ``split``."""
+    if len(split) == 0:
+        raise ValueError("evaluate: the split is empty (no accuracy to report)")
     key = jax.random.key(0) if key is None else key
     correct = count = 0
     sums = []
@@ -169,13 +183,16 @@ def train_and_evaluate(
     mesh=None,
     init_variables=None,
     desc: str = "",
+    step_cache: StepCache | None = None,
 ) -> RunResult:
     """Trains a student on ``train`` and reports accuracy on each of ``eval_splits``.
 
     Resumes from ``workdir/checkpoints`` if a checkpoint exists; returns the stored
     result at once if ``workdir/result.json`` says the run already finished. The run is
     a fused run of one (:func:`train_and_evaluate_fused`'s loop with ``R = 1``), which
-    compiles exactly :func:`jkt.train.step.make_train_step`'s program.
+    compiles :func:`jkt.train.step.make_train_step`'s program with the learning-rate
+    schedule's boundaries as arguments (:func:`jkt.train.step.with_schedule`): the same
+    numbers bit for bit.
 
     Args:
       cfg: the run's configuration.
@@ -188,6 +205,10 @@ def train_and_evaluate(
       mesh: data mesh (default: all devices).
       init_variables: start from these variables instead of a random init.
       desc: progress-bar label.
+      step_cache: a :class:`jkt.train.StepCache` shared by the runs of a grid, so that
+        runs with the same model, objectives, normalisation, augmentation, teacher and
+        mesh reuse one compiled train step, eval step and init (their seeds, data sizes
+        and schedules are arguments); ``None``: a fresh one for this call.
     """
     workdir = Path(workdir)
     result_path = workdir / RESULT_FILE
@@ -195,7 +216,8 @@ def train_and_evaluate(
         return read_result(result_path)
     return _train_runs([cfg], train, eval_splits, num_classes=num_classes, mean=mean, std=std,
                        workdirs=[workdir], teacher=teacher, mesh=mesh,
-                       init_variables=init_variables, descs=[desc], mode="unroll")[0]
+                       init_variables=init_variables, descs=[desc], mode="unroll",
+                       step_cache=step_cache)[0]
 
 
 def train_and_evaluate_fused(
@@ -211,6 +233,7 @@ def train_and_evaluate_fused(
     mesh=None,
     descs: list[str] | None = None,
     mode: str = "unroll",
+    step_cache: StepCache | None = None,
 ) -> list[RunResult]:
     """Trains several runs that differ only in their loss weights in one jitted step
     (:mod:`jkt.train.fused`): the batches, augmentation, estimator probes and the
@@ -227,6 +250,7 @@ def train_and_evaluate_fused(
         objectives may differ only in their weights.
       workdirs, descs: one per run.
       mode: ``"unroll"`` or ``"vmap"`` (see :func:`jkt.train.fused.make_fused_train_step`).
+      step_cache: as in :func:`train_and_evaluate`; ``None``: one for this call's runs.
       Other arguments as in :func:`train_and_evaluate`.
     """
     if not cfgs or len(workdirs) != len(cfgs):
@@ -239,7 +263,8 @@ def train_and_evaluate_fused(
         read_result(w / RESULT_FILE) if (w / RESULT_FILE).exists() else None
         for w in workdirs]
     todo = [i for i, r in enumerate(results) if r is None]
-    common = dict(num_classes=num_classes, mean=mean, std=std, teacher=teacher, mesh=mesh)
+    common = dict(num_classes=num_classes, mean=mean, std=std, teacher=teacher, mesh=mesh,
+                  step_cache=StepCache() if step_cache is None else step_cache)
     # Listed, not opened: a second checkpoint manager on a directory would clean up the
     # temporary directories of a killed save concurrently with the loop's own.
     steps = {latest_saved_step(workdirs[i] / "checkpoints") for i in todo}
@@ -288,20 +313,23 @@ class _Runs:
 
 
 def _train_runs(cfgs, train, eval_splits, *, num_classes, mean, std, workdirs, teacher, mesh,
-                init_variables, descs, mode) -> list[RunResult]:
+                init_variables, descs, mode, step_cache) -> list[RunResult]:
     """The training loop of ``R >= 1`` runs, packed and updated by one fused step: restore
-    or init, train (checkpointing), evaluate and write results."""
+    or init, train (checkpointing), evaluate and write results. The jitted step, eval
+    step and init come from ``step_cache`` (a fresh one when ``None``)."""
+    cache = StepCache() if step_cache is None else step_cache
     runs = _plan(cfgs, train, num_classes, workdirs, descs, mesh)
     teacher_kw, teacher_vars = _teacher_inputs(runs, teacher, train)
-    tx = make_optimizer(runs.cfg.optim, runs.stream.steps_per_epoch, runs.n_steps)
+    tx = ScheduledOptimizer.of(runs.cfg.optim)
+    train_step = _scheduled_step(runs, cache.train_step(
+        runs.model, runs.objectives, mean=mean, std=std, augment=runs.cfg.augment, mode=mode,
+        mesh=runs.mesh, **teacher_kw))
+    init_fn = cache.init(runs.model, tx, tuple(train.images.shape[1:]), runs.mesh)
     ckpts = [TrainCheckpointer(w / "checkpoints", max_to_keep=2) for w in runs.workdirs]
-    rep = parallel.replicated(runs.mesh)
-    step_fn = fused.make_fused_train_step(runs.model, runs.objectives, mean=mean, std=std,
-                                          augment=runs.cfg.augment, mode=mode, **teacher_kw)
-    train_step = jax.jit(step_fn, donate_argnums=0, out_shardings=(rep, rep))
     t0 = time.time()
     try:
-        states, resumed_from = _restore_or_init(runs, ckpts, tx, train, init_variables)
+        states, resumed_from = _restore_or_init(runs, ckpts, tx, train, init_variables,
+                                                init_fn)
         start = 0 if resumed_from is None else resumed_from
         with _MetricLog(runs, start) as log:
             states = _train_steps(runs, train_step, states, train, teacher_vars, ckpts, log,
@@ -312,8 +340,24 @@ def _train_runs(cfgs, train, eval_splits, *, num_classes, mean, std, workdirs, t
         for ckpt in ckpts:
             ckpt.close()  # finish pending async saves before the error propagates
         raise
-    return _evaluate_and_write(runs, states, eval_splits, ckpts, log.last, mean=mean, std=std,
-                               t0=t0, resumed_from=resumed_from)
+    return _evaluate_and_write(runs, states, eval_splits, ckpts, log.last,
+                               cache.eval_step(runs.model, mean=mean, std=std), t0=t0,
+                               resumed_from=resumed_from)
+
+
+def _scheduled_step(runs: _Runs, step):
+    """``step(states, batch, teacher_variables)``: the cached ``step`` (see
+    :meth:`StepCache.train_step`) at this run's learning-rate schedule, whose boundaries
+    (:func:`jkt.train.optim.schedule_arrays` of its steps per epoch and total steps) are
+    put on the mesh once and passed as jit arguments."""
+    schedule = jax.device_put(
+        schedule_arrays(runs.cfg.optim, runs.stream.steps_per_epoch, runs.n_steps),
+        parallel.replicated(runs.mesh))
+
+    def train_step(states, batch, teacher_variables):
+        return step(states, batch, teacher_variables, schedule)
+
+    return train_step
 
 
 def _plan(cfgs, train: Split, num_classes: int, workdirs, descs, mesh) -> _Runs:
@@ -349,15 +393,15 @@ def _teacher_inputs(runs: _Runs, teacher, train: Split) -> tuple[dict, Any]:
     return kw, jax.device_put(teacher.variables, parallel.replicated(runs.mesh))
 
 
-def _restore_or_init(runs: _Runs, ckpts, tx, train: Split,
-                     init_variables) -> tuple[TrainState, int | None]:
+def _restore_or_init(runs: _Runs, ckpts, tx, train: Split, init_variables,
+                     init_fn) -> tuple[TrainState, int | None]:
     """The packed (:func:`jkt.train.fused.pack_states`), replicated states of the runs:
     each run's latest checkpoint (checked against this run's data), or the fresh state of
-    ``cfg.seed`` for all of them.
+    ``cfg.seed`` for all of them (``init_fn``: a jitted :func:`jkt.train.state.make_init`).
     Returns ``(states, step resumed from or None)``."""
     image_shape = tuple(train.images.shape[1:])
     state = create_train_state(runs.model, tx, jax.random.key(runs.cfg.seed), image_shape,
-                               runs.mesh, init_variables=init_variables)
+                               runs.mesh, init_variables=init_variables, init_fn=init_fn)
     resumed_from = None
     states = [state] * runs.size
     if ckpts[0].latest_step() is not None:
@@ -521,16 +565,18 @@ def _logged_step(line: str) -> int:
         return 1 << 62  # a torn last line: dropped
 
 
-def _evaluate_and_write(runs: _Runs, states, eval_splits, ckpts, last, *, mean, std, t0,
+def _evaluate_and_write(runs: _Runs, states, eval_splits, ckpts, last, eval_fn, *, t0,
                         resumed_from) -> list[RunResult]:
-    """Each run's accuracy on ``eval_splits``, written atomically to its ``result.json``."""
-    eval_fn = jax.jit(make_eval_step(runs.model, mean=mean, std=std))
+    """Each run's accuracy on ``eval_splits`` (``eval_fn``: a jitted
+    :func:`jkt.train.step.make_eval_step`), written atomically to its ``result.json``."""
     results = []
     for r, (w, ckpt) in enumerate(zip(runs.workdirs, ckpts, strict=True)):
         st = fused.unpack_state(states, r, runs.size)
         variables = {"params": st.params, "batch_stats": st.batch_stats}
+        # An empty split (no validation images left: a run on all of the train split) is
+        # left out of ``accuracy``; readers use ``accuracy.get("val")``.
         accuracy = {name: evaluate(eval_fn, variables, sp, runs.mesh, runs.cfg.eval_batch_size)
-                    for name, sp in eval_splits.items()}
+                    for name, sp in eval_splits.items() if len(sp)}
         result = RunResult(accuracy=accuracy, final_metrics=last[r], steps=runs.n_steps,
                            wall_time=time.time() - t0, resumed_from=resumed_from)
         ckpt.close()
