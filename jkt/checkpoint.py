@@ -261,9 +261,11 @@ def _describe(e: BaseException) -> str:
 
 
 def _is_resource_error(e: BaseException) -> bool:
-    """Out of memory and the like: a failure of this process, not of the checkpoint."""
+    """Out of memory, a lost peer process and the like: a failure of this process or job,
+    not of the checkpoint."""
     s = str(e)
-    return isinstance(e, MemoryError) or "RESOURCE_EXHAUSTED" in s or "out of memory" in s
+    return (isinstance(e, MemoryError) or "RESOURCE_EXHAUSTED" in s or "out of memory" in s
+            or "DEADLINE_EXCEEDED" in s or "CoordinationService" in s or "Gloo" in s)
 
 
 @contextlib.contextmanager

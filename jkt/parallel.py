@@ -46,6 +46,25 @@ def initialize_distributed() -> bool:
     return True
 
 
+def barrier(name: str, timeout_s: int = 900) -> None:
+    """Waits until every process of a multi-process job has reached ``name`` (no-op in a
+    one-process job).
+
+    Uses the coordination service's barrier (``timeout_s``), not a device collective:
+    the first collective of a CPU job sets up Gloo, whose set-up waits only 30 s for the
+    other processes, so processes that reach it far apart (one still loading data on a
+    busy host) would fail there. Call it after uneven host work, before the next
+    collective. ``name`` must be unique within the job.
+    """
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed  # the client behind jax.distributed.initialize
+
+    client = distributed.global_state.client
+    if client is not None:
+        client.wait_at_barrier(f"jkt:{name}", timeout_s * 1000)
+
+
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A 1-D mesh with axis ``"data"`` over ``devices`` (default: all global devices)."""
     devices = list(jax.devices() if devices is None else devices)

@@ -111,4 +111,5 @@ def start(cfg, mesh=None):
     workdir.mkdir(parents=True, exist_ok=True)
     ds = data.load_config(cfg.data)
     check_dataset(ds)
+    parallel.barrier("data loaded")  # before the first collective (a checkpoint read)
     return mesh, workdir, ds

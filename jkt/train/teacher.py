@@ -94,9 +94,10 @@ class TeacherConfig:
 
 def run(cfg: TeacherConfig, *, mesh=None) -> checkpoint.Teacher:
     """Loads ``cfg.data`` and :func:`train_teacher` into ``cfg.workdir``."""
-    from jkt import data
+    from jkt import data, parallel
 
     ds = data.load_config(cfg.data)
+    parallel.barrier("data loaded")  # before the first collective (a checkpoint read)
     return train_teacher(ds, cfg.workdir, arch=cfg.arch, model_options=cfg.model_options,
                          optim=cfg.optim, max_steps=cfg.max_steps, seed=cfg.seed,
                          checkpoint_every=cfg.checkpoint_every, progress=cfg.progress,
