@@ -37,7 +37,7 @@ from PIL import Image
 
 from jkt.data import cache as cache_lib
 from jkt.data.cache import default_cache_dir
-from jkt.data.types import Split
+from jkt.data.types import RESIZE_POLICIES, Split
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +100,6 @@ def _iter_files(path: epath.Path) -> Iterator[tuple[str, bytes]]:
                 if member.isfile() and (_is_image(member.name) or _is_list(member.name)):
                     f = tf.extractfile(member)
                     yield member.name, f.read()
-
-
-RESIZE_POLICIES = ("stretch", "crop")
 
 
 def _decode(data: bytes, image_size: int, resize: str = "stretch") -> np.ndarray | None:

@@ -78,8 +78,16 @@ def subset_per_class(
     Raises:
       ValueError: when a class has fewer than ``n`` examples.
     """
+    idx = _subset_indices_checked(split, n, seed, class_names, num_classes)
+    return split if idx is None else split.take(idx)
+
+
+def _subset_indices_checked(split: Split, n, seed: int, class_names, num_classes
+                            ) -> np.ndarray | None:
+    """:func:`subset_indices` of ``split`` after :func:`subset_per_class`'s checks;
+    ``None`` for ``n`` of ``None`` / ``"full"`` (the whole split)."""
     if n is None or (isinstance(n, str) and n.lower() == "full"):
-        return split
+        return None
     n = int(n)
     if n <= 0:
         raise ValueError(f"examples per class must be positive, got {n}")
@@ -95,7 +103,7 @@ def subset_per_class(
             f"subset_per_class: class {name} has only {counts[c]} examples, fewer than "
             f"the {n} requested ({len(short)} class(es) short)"
         )
-    return split.take(subset_indices(split.labels, n, seed, classes))
+    return subset_indices(split.labels, n, seed, classes)
 
 
 def subset_indices(labels: np.ndarray, n: int, seed: int, classes: np.ndarray) -> np.ndarray:
@@ -133,14 +141,12 @@ def train_and_val(ds: Dataset, n: int | str | None, seed: int, cfg: DataConfig
     split and a validation set drawn from the images not in it (none for ``"full"``);
     ``"none"`` -> the subset and an empty split.
     """
-    train = subset_per_class(ds.train, n, seed, class_names=ds.class_names,
-                             num_classes=ds.num_classes)
-    empty = ds.train.take(np.zeros((0,), np.int64))
+    used = _subset_indices_checked(ds.train, n, seed, ds.class_names, ds.num_classes)
+    train = ds.train if used is None else ds.train.take(used)
     if cfg.validation == "held_out":
         return train, ds.val
-    if cfg.validation == "none" or train is ds.train:
-        return train, empty
-    used = subset_indices(ds.train.labels, int(n), seed, np.arange(ds.num_classes))
+    if cfg.validation == "none" or used is None:
+        return train, ds.train.take(np.zeros((0,), np.int64))
     return train, validation_from_unused(ds.train, used, cfg.val_fraction, seed)
 
 

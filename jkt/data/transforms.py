@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
+from jkt.data.types import AUGMENTATIONS
+
 
 def normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
     """``(images / 255 - mean) / std`` per channel, as float32.
@@ -74,9 +76,6 @@ def augment(
         do_flip = jax.random.bernoulli(flip_key, 0.5, (b, 1, 1, 1))
         out = jnp.where(do_flip, out[:, :, ::-1, :], out)
     return out.astype(images.dtype)
-
-
-AUGMENTATIONS = ("none", "crop", "crop+flip")
 
 
 def augmentation_name(augment: bool | str) -> str:

@@ -84,12 +84,13 @@ def check_teacher_artifact(path, arch: str, num_classes: int, what: str = "teach
 def describe_subsets(subsets: dict, seed: int, data_cfg, optim, max_steps) -> None:
     """Prints, per points-per-class ``n`` of ``subsets`` (``{(n, seed): (train, val)}``),
     how many images a run trains and validates on and how many steps it takes."""
-    import math
+    from jkt.train.loop import TrainConfig, total_steps
 
+    run_cfg = TrainConfig(optim=optim, max_steps=max_steps)
     for (n, s), (train, val) in subsets.items():
         if s != seed:
             continue
-        steps = max_steps or optim.epochs * math.ceil(len(train) / optim.batch_size)
+        steps = total_steps(run_cfg, len(train))
         if not len(val):
             where = "no validation set"
         elif data_cfg.validation == "unused":
