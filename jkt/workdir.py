@@ -178,7 +178,7 @@ class WorkdirLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(2):
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                self._create()
             except FileExistsError:
                 holder = self._holder()
                 if holder.get("job") == self.owner["job"]:
@@ -193,13 +193,32 @@ class WorkdirLock:
                     f"{holder.get('host', '?')} (since {holder.get('since', '?')}); wait for it, "
                     f"use another --workdir, or delete {self.path} if that process is gone"
                 ) from None
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.owner, f)
             self.held = True
             _HELD.append(self)
             atexit.register(self.release)
             return self
         raise WorkdirBusyError(f"could not take the lock {self.path}")
+
+    def _create(self) -> None:
+        """Creates the lock file with its owner record in one step (``FileExistsError`` if
+        it exists): the record is written to a private file and hard-linked into place, so
+        a process of the same job never sees an empty lock and takes it for a stale one.
+        Where hard links are unsupported, an exclusive create and then the write."""
+        tmp = self.path.with_name(f"{self.path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(self.owner))
+            try:
+                os.link(tmp, self.path)
+                return
+            except FileExistsError:
+                raise
+            except OSError:  # no hard links on this filesystem
+                pass
+        finally:
+            tmp.unlink(missing_ok=True)
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.owner, f)
 
     def _holder(self) -> dict:
         try:

@@ -94,9 +94,10 @@ def test_two_process_grid_killed_and_resumed_equals_one_process_run(folder, tmp_
     assert not (two / "results.csv").exists() or len(_rows(two)) < 2  # really interrupted
 
     procs = _job(folder, two, tmp_path)  # a new job: the dead job's lock is taken over
-    for p in procs:
-        out, _ = p.communicate(timeout=400)
-        assert p.returncode == 0, out[-3000:]
+    outs = [p.communicate(timeout=400)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(
+        f"--- process {i} (exit {p.returncode}):\n{out[-4000:]}"
+        for i, (p, out) in enumerate(zip(procs, outs)))
 
     assert _rows(two) == _rows(one)
     assert (two / "results.md").read_text() == (one / "results.md").read_text()

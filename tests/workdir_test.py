@@ -117,6 +117,32 @@ def test_lock_file_records_owner(tmp_path):
     lock.release()
 
 
+@pytest.mark.parametrize("hard_links", [True, False])
+def test_lock_appears_with_its_owner_record(tmp_path, monkeypatch, hard_links):
+    """The lock file never exists without its record (a second process of the same job
+    reading it at once would take an empty lock for a stale one and remove it): written
+    aside and hard-linked into place; an exclusive create where links are unsupported.
+    No temporary file is left either way."""
+    real_link, seen = os.link, []
+
+    def link(src, dst):
+        if not hard_links:
+            raise PermissionError(1, "Operation not permitted")
+        seen.append(json.loads(open(src).read()))  # complete before it becomes the lock
+        return real_link(src, dst)
+
+    monkeypatch.setattr(os, "link", link)
+    lock = workdir.WorkdirLock(tmp_path).acquire()
+    assert json.loads((tmp_path / workdir.LOCK_FILE).read_text())["pid"] == os.getpid()
+    assert [o["pid"] for o in seen] == ([os.getpid()] if hard_links else [])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [workdir.LOCK_FILE]
+    with pytest.raises(workdir.WorkdirBusyError):  # another job meets it at once
+        other = workdir.WorkdirLock(tmp_path)
+        other.owner = {**other.owner, "job": "job:elsewhere", "host": "elsewhere"}
+        other.acquire()
+    lock.release()
+
+
 def test_uri_workdir_is_refused_not_mangled(monkeypatch, tmp_path):
     from experiments import distill
 
