@@ -16,10 +16,8 @@ interrupted one continues from its last checkpoint.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from experiments.configs import distill as configs
-from jkt import cli, workdir
+from jkt import cli, paths, workdir
 from jkt.grids import distill
 from jkt.train import NonFiniteLossError
 
@@ -62,8 +60,8 @@ def main(argv=None) -> list[dict]:
     rows = cli.main(cfg, distill.run, errors=(NonFiniteLossError,))
     if not workdir.is_writer():
         return rows
-    print((Path(cfg.workdir) / "results.md").read_text())
-    print("wrote " + ", ".join(str(Path(cfg.workdir) / f) for f in distill.report.FILES))
+    print((paths.as_dir(cfg.workdir) / "results.md").read_text())
+    print("wrote " + ", ".join(str(paths.as_dir(cfg.workdir) / f) for f in distill.report.FILES))
     return rows
 
 

@@ -13,10 +13,8 @@ normalised test images and reports its mean clean input-gradient norm. Writes
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from experiments.configs import robustness as configs
-from jkt import cli, workdir
+from jkt import cli, paths, workdir
 from jkt.grids import robustness
 from jkt.train import NonFiniteLossError
 
@@ -49,8 +47,8 @@ def main(argv=None) -> list[dict]:
     rows = cli.main(cfg, robustness.run, errors=(NonFiniteLossError,))
     if not workdir.is_writer():
         return rows
-    print((Path(cfg.workdir) / "robustness.md").read_text())
-    print("wrote " + ", ".join(str(Path(cfg.workdir) / f) for f in robustness.report.FILES))
+    print((paths.as_dir(cfg.workdir) / "robustness.md").read_text())
+    print("wrote " + ", ".join(str(paths.as_dir(cfg.workdir) / f) for f in robustness.report.FILES))
     return rows
 
 

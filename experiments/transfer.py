@@ -18,10 +18,8 @@ and ``ablation_{depth,pool}.*`` under ``--workdir``; resumable like distill.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from experiments.configs import transfer as configs
-from jkt import cli, workdir
+from jkt import cli, paths, workdir
 from jkt.grids import transfer
 from jkt.train import NonFiniteLossError
 
@@ -81,11 +79,11 @@ def main(argv=None) -> dict[str, list[dict]]:
     rows = cli.main(cfg, transfer.run, errors=(NonFiniteLossError,))
     if not workdir.is_writer():
         return rows
-    written = []
+    written, out = [], paths.as_dir(cfg.workdir)
     for kind, stem in transfer.report.STEMS.items():
         if rows[kind]:
-            print((Path(cfg.workdir) / f"{stem}.md").read_text())
-            written += [str(Path(cfg.workdir) / f"{stem}.{ext}") for ext in ("csv", "md", "png")]
+            print((out / f"{stem}.md").read_text())
+            written += [str(out / f"{stem}.{ext}") for ext in ("csv", "md", "png")]
     print("wrote " + ", ".join(written))
     return rows
 

@@ -352,13 +352,12 @@ def diff(a, b) -> list[str]:
 
 def write_json(cfg, path) -> Path:
     """Writes ``to_dict(cfg)`` (or a dict) to ``path`` atomically; returns the path."""
-    path = Path(path)
+    from jkt import paths
+
+    path = paths.as_dir(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = cfg if isinstance(cfg, Mapping) else to_dict(cfg)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
-    tmp.replace(path)
-    return path
+    return paths.write_text(path, json.dumps(data, indent=1, sort_keys=False) + "\n")
 
 
 # ---------------------------------------------------------------------------------------

@@ -16,12 +16,13 @@ recorded, one launch at a time, and every run's settings checked before it is re
   :class:`WriteError` line naming the file or directory, the cause and the fix
   (:func:`write_error`, :func:`write_file`); what was written before it is left intact, so
   the same command resumes once the disk is fixed.
+* A work directory may be a URI (``gs://bucket/runs``): :mod:`jkt.paths` keeps it one and
+  hides what an object store lacks (append, rename, exclusive create).
 """
 
 from __future__ import annotations
 
 import atexit
-import contextlib
 import errno
 import json
 import os
@@ -30,6 +31,7 @@ import time
 from pathlib import Path
 
 from jkt import config as config_lib
+from jkt import paths
 
 CONFIG_FILE = "config.json"
 LOCK_FILE = ".lock"
@@ -100,14 +102,10 @@ def write_file(path, text: str, *, resume: str = "to resume from the last checkp
     """Writes ``text`` to ``path`` atomically (a temporary file renamed over it: a failed
     write leaves the old file, if any, as it was); a failure is one :class:`WriteError`
     line naming ``path``."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    path = paths.as_dir(path)
     try:
-        tmp.write_text(text)
-        tmp.replace(path)
+        paths.write_text(path, text)
     except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
         raise write_error(str(path), os_cause(e) or (e.errno, str(e)), path.parent,
                           resume) from e
     return path
@@ -131,7 +129,8 @@ def setup_jax(workdir) -> None:
     import jax
 
     if not jax.config.jax_compilation_cache_dir:
-        jax.config.update("jax_compilation_cache_dir", str(Path(workdir).absolute() / ".jax_cache"))
+        where = os.fspath(workdir) if paths.is_uri(workdir) else Path(workdir).absolute()
+        jax.config.update("jax_compilation_cache_dir", f"{where}/.jax_cache")
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
@@ -166,10 +165,18 @@ def release_locks() -> None:
 
 
 class WorkdirLock:
-    """An exclusive claim on ``workdir`` for this launch (``workdir/.lock``)."""
+    """An exclusive claim on ``workdir`` for this launch (``workdir/.lock``).
+
+    In an object store (``gs://``), which has no exclusive create, the lock is written and
+    read back after :attr:`SETTLE_S`: of two launches that start within that time, the
+    one whose record is read back keeps it and the other stops as if the lock had been
+    there (stores such as Cloud Storage read back the last completed write).
+    """
+
+    SETTLE_S = 2.0
 
     def __init__(self, workdir):
-        self.path = Path(workdir) / LOCK_FILE
+        self.path = paths.as_dir(workdir) / LOCK_FILE
         self.owner = {"job": _job_id(), "pid": os.getpid(), "host": socket.gethostname(),
                       "since": time.strftime("%Y-%m-%d %H:%M:%S")}
         self.held = False
@@ -204,6 +211,8 @@ class WorkdirLock:
         it exists): the record is written to a private file and hard-linked into place, so
         a process of the same job never sees an empty lock and takes it for a stale one.
         Where hard links are unsupported, an exclusive create and then the write."""
+        if paths.is_uri(self.path):
+            return self._create_in_store()
         tmp = self.path.with_name(f"{self.path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
         try:
             tmp.write_text(json.dumps(self.owner))
@@ -219,6 +228,14 @@ class WorkdirLock:
         fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         with os.fdopen(fd, "w") as f:
             json.dump(self.owner, f)
+
+    def _create_in_store(self) -> None:
+        if self.path.exists():
+            raise FileExistsError(self.path)
+        self.path.write_text(json.dumps(self.owner))
+        time.sleep(self.SETTLE_S)
+        if self._holder().get("job") != self.owner["job"]:
+            raise FileExistsError(self.path)  # another launch wrote after this one
 
     def _holder(self) -> dict:
         try:
@@ -251,12 +268,8 @@ def prepare(cfg, workdir=None, *, lock: bool = True) -> Path:
     (released at exit) and writes the fully resolved ``cfg`` to ``workdir/config.json``;
     returns the directory. An unwritable directory is one :class:`WriteError` line; a
     path that is a file is a ``ValueError``."""
-    raw = str(cfg.workdir if workdir is None else workdir)
-    if "://" in raw:  # pathlib would silently turn gs://b/x into the local dir gs:/b/x
-        raise ValueError(f"work directory {raw}: URIs are not supported for work directories "
-                         "(a local lock file and atomic renames are needed); use a local or "
-                         "mounted shared path")
-    out = Path(raw)
+    raw = cfg.workdir if workdir is None else workdir
+    out = paths.as_dir(raw)  # a URI stays one (pathlib would make gs://b/x the dir gs:/b/x)
     _check_not_a_file(out)
     setup_jax(out)
     try:
@@ -266,7 +279,8 @@ def prepare(cfg, workdir=None, *, lock: bool = True) -> Path:
         if is_writer():
             config_lib.write_json(cfg, out / CONFIG_FILE)
     except OSError as e:
-        existing = next((p for p in (out, *out.parents) if p.exists()), out)
+        existing = out if paths.is_uri(out) else next(
+            (p for p in (out, *out.parents) if p.exists()), out)
         raise write_error(f"to the work directory {out}", os_cause(e) or (e.errno, str(e)),
                           existing, "") from None
     return out
@@ -275,6 +289,15 @@ def prepare(cfg, workdir=None, *, lock: bool = True) -> Path:
 def _check_not_a_file(out: Path) -> None:
     """``ValueError`` if ``out`` or a parent of it is an existing file (a mistyped
     ``--workdir``/``--out``): a bad setting, not a disk failure."""
+    from jkt.data import cache as cache_lib
+
+    with cache_lib.storage_errors(out):  # gs:// without its backend: what to install
+        out.exists()
+    if paths.is_uri(out):
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"work directory {out} is a file, not a directory; use another "
+                             "--workdir")
+        return
     for p in (out, *out.parents):
         try:
             if not p.exists():
@@ -292,7 +315,7 @@ def check_record(path, record: dict, *, what: str, ignore: tuple[str, ...] = ())
     """Compares ``record`` with the one stored at ``path`` (a run's ``config.json``) and
     writes it if there is none. Raises :class:`SettingsChangedError` naming the fields
     that differ (``ignore``: dotted prefixes that may change, e.g. progress bars)."""
-    path = Path(path)
+    path = paths.as_dir(path)
     fresh = json.loads(json.dumps(record, default=str))
     if path.exists():
         try:

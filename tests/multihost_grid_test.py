@@ -97,7 +97,7 @@ def test_two_process_grid_killed_and_resumed_equals_one_process_run(folder, tmp_
     outs = [p.communicate(timeout=400)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(
         f"--- process {i} (exit {p.returncode}):\n{out[-4000:]}"
-        for i, (p, out) in enumerate(zip(procs, outs)))
+        for i, (p, out) in enumerate(zip(procs, outs, strict=True)))
 
     assert _rows(two) == _rows(one)
     assert (two / "results.md").read_text() == (one / "results.md").read_text()

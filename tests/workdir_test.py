@@ -141,14 +141,3 @@ def test_lock_appears_with_its_owner_record(tmp_path, monkeypatch, hard_links):
         other.owner = {**other.owner, "job": "job:elsewhere", "host": "elsewhere"}
         other.acquire()
     lock.release()
-
-
-def test_uri_workdir_is_refused_not_mangled(monkeypatch, tmp_path):
-    from experiments import distill
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(workdir, "setup_jax", lambda _: None)
-    cfg = distill.parse_config(["--workdir", "gs://bucket/runs"])
-    with pytest.raises(ValueError, match="URIs are not supported"):
-        workdir.prepare(cfg)
-    assert not (tmp_path / "gs:").exists()

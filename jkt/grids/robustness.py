@@ -19,7 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jkt import config as config_lib
-from jkt import data, jacobian, parallel
+from jkt import data, jacobian, parallel, paths
 from jkt.data import transforms
 from jkt.data.types import DataConfig
 from jkt.grids.validate import check_model, check_steps, start
@@ -215,7 +215,7 @@ def noise_result(p: RobustnessConfig, cfg: TrainConfig, ds, run_dir: Path, mesh)
     model, variables = final_variables(run_dir, cfg, ds.num_classes, ds.image_shape, mesh=mesh)
     noise = noise_evaluation(model, variables, ds, p, mesh, cfg.eval_batch_size)
     if is_writer():
-        path.write_text(json.dumps(noise, indent=1))
+        paths.write_text(path, json.dumps(noise, indent=1))
     return noise
 
 

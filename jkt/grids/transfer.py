@@ -18,7 +18,7 @@ from typing import Literal
 
 from tqdm.auto import tqdm
 
-from jkt import checkpoint, data, models, parallel
+from jkt import checkpoint, data, models, parallel, paths
 from jkt import config as config_lib
 from jkt.data import Dataset
 from jkt.data.classes import source_target_split
@@ -264,7 +264,7 @@ def pretrained_student(cfg: TransferConfig, source: Dataset | None, t_classes: i
     if cfg.source_student:
         art = checkpoint.restore_teacher(cfg.source_student, expect_arch=cfg.student)
     else:
-        art = train_teacher(source, Path(cfg.workdir) / "source_student", arch=cfg.student,
+        art = train_teacher(source, paths.as_dir(cfg.workdir) / "source_student", arch=cfg.student,
                             model_options=opts, optim=cfg.teacher_optim,
                             max_steps=cfg.teacher_max_steps, checkpoint_every=cfg.checkpoint_every,
                             progress=cfg.progress, mesh=mesh, seed=SOURCE_STUDENT_SEED,
@@ -278,7 +278,7 @@ def pretrained_student(cfg: TransferConfig, source: Dataset | None, t_classes: i
 def load_teacher(cfg: TransferConfig, source: Dataset | None, mesh) -> checkpoint.Teacher:
     if cfg.teacher_artifact:
         return checkpoint.restore_teacher(cfg.teacher_artifact)
-    return train_teacher(source, Path(cfg.workdir) / "teacher", arch=cfg.teacher,
+    return train_teacher(source, paths.as_dir(cfg.workdir) / "teacher", arch=cfg.teacher,
                          model_options=cfg.teacher_options, optim=cfg.teacher_optim,
                          max_steps=cfg.teacher_max_steps, checkpoint_every=cfg.checkpoint_every,
                          progress=cfg.progress, augment=cfg.data.augment, mesh=mesh)

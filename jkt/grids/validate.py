@@ -103,12 +103,10 @@ def describe_subsets(subsets: dict, seed: int, data_cfg, optim, max_steps) -> No
 def start(cfg, mesh=None):
     """What every grid does first: the mesh (default: all devices), the work directory
     (created) and the checked dataset of ``cfg.data``. Returns ``(mesh, workdir, ds)``."""
-    from pathlib import Path
-
-    from jkt import data, parallel
+    from jkt import data, parallel, paths
 
     mesh = parallel.make_mesh() if mesh is None else mesh
-    workdir = Path(cfg.workdir)
+    workdir = paths.as_dir(cfg.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     ds = data.load_config(cfg.data)
     check_dataset(ds)

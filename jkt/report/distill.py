@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from jkt import paths
 from jkt.report import paper, tables
 from jkt.train.methods import METHOD_LABELS
 
@@ -15,7 +16,7 @@ def write(rows: list[dict], workdir: Path, cfg, teacher_accuracy: float | None) 
     std over seeds, best per column in bold) and ``results.png`` (accuracy vs points per
     class) under ``workdir``; ``cfg`` is the grid's ``DistillConfig``. ``teacher_accuracy`` is
     a fraction. Returns the markdown."""
-    workdir = Path(workdir)
+    workdir = paths.as_dir(workdir)
     tables.write_csv(rows, workdir / "results.csv")
     cols = list(cfg.n_per_class)
     common = dict(row_key="method", col_key="n_per_class", row_order=list(cfg.methods),
@@ -36,7 +37,7 @@ def write(rows: list[dict], workdir: Path, cfg, teacher_accuracy: float | None) 
                                    col_order=cols, row_labels=METHOD_LABELS,
                                    col_header=common["col_header"])
                + "\n" + paper.teacher_line(paper.TABLE1, teacher_accuracy) + "\n")
-    (workdir / "results.md").write_text(md)
+    paths.write_text(workdir / "results.md", md)
     tables.accuracy_vs_n_plot(rows, workdir / "results.png", line_order=list(cfg.methods),
                               x_order=cols, line_labels=METHOD_LABELS,
                               xlabel="data points per class (log; 'full' plotted at right)",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from jkt import paths
 from jkt.report import paper, tables
 
 FILES = ("robustness.csv", "robustness.md", "robustness.png")
@@ -40,7 +41,7 @@ def markdown_rows(rows: list[dict], specs, sigmas: list[float]) -> list[str]:
 def write(rows: list[dict], specs, cfg, workdir: Path) -> str:
     """Writes the rows so far under ``workdir``; ``specs`` are the model rows, ``cfg`` the
     ``RobustnessConfig``. Returns the markdown."""
-    workdir = Path(workdir)
+    workdir = paths.as_dir(workdir)
     tables.write_csv(rows, workdir / "robustness.csv")
     sigmas = [float(s) for s in cfg.sigmas]
     compare = paper.compare(cfg)
@@ -58,7 +59,7 @@ def write(rows: list[dict], specs, cfg, workdir: Path) -> str:
                                   col_order=sigmas, row_labels={s.name: s.label for s in specs},
                                   col_labels={s: f"{s:g}" for s in sigmas},
                                   col_header="Noise std. dev. →")
-    (workdir / "robustness.md").write_text(md)
+    paths.write_text(workdir / "robustness.md", md)
     tables.line_plot(rows, workdir / "robustness.png", line_key="model", x_key="sigma",
                      y_key="accuracy", line_order=[s.name for s in specs], x_order=sigmas,
                      line_labels={s.name: s.label for s in specs},

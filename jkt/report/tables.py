@@ -5,10 +5,12 @@ functions of lists of row dicts."""
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections import defaultdict
 from collections.abc import Sequence
-from pathlib import Path
+
+from jkt import paths
 
 
 def write_csv(rows: Sequence[dict], path) -> None:
@@ -16,10 +18,11 @@ def write_csv(rows: Sequence[dict], path) -> None:
     columns: list[str] = []
     for r in rows:
         columns += [k for k in r if k not in columns]
-    with Path(path).open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns)
-        w.writeheader()
-        w.writerows(rows)
+    f = io.StringIO(newline="")
+    w = csv.DictWriter(f, fieldnames=columns)
+    w.writeheader()
+    w.writerows(rows)
+    paths.write_text(path, f.getvalue())
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -143,7 +146,9 @@ def line_plot(rows: Sequence[dict], path, *, line_key: str, x_key: str, y_key: s
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120)
+    paths.write_bytes(path, png.getvalue())
     plt.close(fig)
 
 

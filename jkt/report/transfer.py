@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from jkt import paths
 from jkt.report import paper, tables
 from jkt.train.methods import TRANSFER_LABELS
 
@@ -22,7 +23,7 @@ STEMS = {"main": "transfer", "depth": "ablation_depth", "pool": "ablation_pool"}
 def jacobian_loss_reduction(run_dir, term: str = "att_jac") -> tuple[float, float, float] | None:
     """``(first, last, (first - last) / first)`` of ``term`` over a run's ``metrics.jsonl``
     (one line per log interval), or ``None`` when the run did not log it."""
-    path = Path(run_dir) / "metrics.jsonl"
+    path = paths.as_dir(run_dir) / "metrics.jsonl"
     if not path.exists():
         return None
     values = [rec[term] for line in path.read_text().splitlines() if line.strip()
@@ -75,7 +76,7 @@ def write(rows: dict, cfg, workdir: Path, info: dict) -> None:
             md += "\n" + paper.beside(paper.TABLE3, agg, row_order=list(cfg.methods),
                                       col_order=cols, row_labels=TRANSFER_LABELS,
                                       col_header=common["col_header"])
-        (workdir / "transfer.md").write_text(md)
+        paths.write_text(workdir / "transfer.md", md)
         tables.accuracy_vs_n_plot(main, workdir / "transfer.png",
                                   line_order=list(cfg.methods), x_order=cols,
                                   line_labels=TRANSFER_LABELS,
@@ -123,7 +124,7 @@ def write_ablation(rows: list[dict], key: str, stem: Path, cfg, info, title: str
             col_order=shown, row_labels=labels, col_header=xlabel,
             lookup=lambda col, metric: table.cell(METRICS[metric], col),
             what=" and ".join(shown))
-    stem.with_suffix(".md").write_text(md)
+    paths.write_text(stem.with_suffix(".md"), md)
     tables.line_plot(long, stem.with_suffix(".png"), line_key="metric", x_key="x",
                      y_key="value", line_order=metrics, x_order=cols,
                      x_positions={c: i for i, c in enumerate(cols)}, logx=False,

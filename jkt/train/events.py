@@ -18,10 +18,13 @@ full or read-only disk) costs one warning line and the run's later events, never
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+from jkt import paths
 from jkt.workdir import is_writer
 
 TAG_PREFIX = "train/"
@@ -38,9 +41,13 @@ class EventWriter:
         from tensorboardX.summary import scalar
 
         self._event, self._scalar = Event, scalar
+        # In an object store (gs://), which cannot append, the file is written locally and
+        # copied whole to the run's directory after every flush.
+        self._store = paths.as_dir(run_dir) if paths.is_uri(run_dir) else None
+        local = Path(tempfile.mkdtemp(prefix="jkt-events-")) if self._store else Path(run_dir)
         # Files are read in name order, which begins with the second of creation and the
         # host; the nanosecond suffix orders two launches within one second.
-        self._file = self._guard(lambda: EventsWriter(str(Path(run_dir) / "events"),
+        self._file = self._guard(lambda: EventsWriter(str(local / "events"),
                                                       f".{time.time_ns()}"))
         if self._file is not None:
             self._write([Event(wall_time=time.time(), step=start + 1,
@@ -57,8 +64,11 @@ class EventWriter:
 
     def close(self) -> None:
         if self._file is not None:
+            local_dir = Path(self._local_name).parent
             self._guard(self._file.close)
             self._file = None
+            if self._store is not None:
+                shutil.rmtree(local_dir, ignore_errors=True)
 
     def _write(self, events) -> None:
         if self._file is None:
@@ -68,8 +78,15 @@ class EventWriter:
             for e in events:
                 self._file.write_event(e)
             self._file.flush()
+            if self._store is not None:
+                name = self._local_name
+                paths.write_bytes(self._store / Path(name).name, Path(name).read_bytes())
 
         self._guard(write_all)
+
+    @property
+    def _local_name(self) -> str:
+        return self._file._file_name  # tensorboardX's EventsWriter keeps its file's name
 
     def _guard(self, fn):
         """``fn()``; an ``OSError`` ends this file's writing with one warning line."""

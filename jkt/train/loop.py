@@ -30,7 +30,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from jkt import parallel
+from jkt import parallel, paths
 from jkt.checkpoint import TrainCheckpointer, latest_saved_step
 from jkt.data.batches import BatchStream, eval_batches, make_batch
 from jkt.data.transforms import augmentation_name
@@ -134,7 +134,7 @@ class RunResult:
 def read_result(path: Path) -> RunResult:
     """A finished run's ``result.json``; a damaged one is one line naming it and the fix."""
     try:
-        return RunResult(**json.loads(Path(path).read_text()))
+        return RunResult(**json.loads(paths.as_dir(path).read_text()))
     except (ValueError, TypeError) as e:
         raise ValueError(f"{path} is damaged ({type(e).__name__}); delete it to evaluate the "
                          "run again from its last checkpoint") from None
@@ -210,7 +210,7 @@ def train_and_evaluate(
         mesh reuse one compiled train step, eval step and init (their seeds, data sizes
         and schedules are arguments); ``None``: a fresh one for this call.
     """
-    workdir = Path(workdir)
+    workdir = paths.as_dir(workdir)
     result_path = workdir / RESULT_FILE
     if result_path.exists():
         return read_result(result_path)
@@ -258,7 +258,7 @@ def train_and_evaluate_fused(
                          f"{len(workdirs)} workdirs")
     descs = list(descs) if descs is not None else [""] * len(cfgs)
     _check_fusable(cfgs, mode)
-    workdirs = [Path(w) for w in workdirs]
+    workdirs = [paths.as_dir(w) for w in workdirs]
     results: list[RunResult | None] = [
         read_result(w / RESULT_FILE) if (w / RESULT_FILE).exists() else None
         for w in workdirs]
@@ -552,10 +552,8 @@ def _open_history(path: Path, start: int):
     if path.exists():
         kept = [line for line in path.read_text().splitlines()
                 if line.strip() and _logged_step(line) <= start]
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        tmp.replace(path)
-    return path.open("a")
+        paths.write_text(path, "".join(line + "\n" for line in kept))
+    return paths.open_append(path)
 
 
 def _logged_step(line: str) -> int:
@@ -597,7 +595,7 @@ def final_variables(workdir, cfg: TrainConfig, num_classes: int, image_shape, me
     model = create_model(cfg.model, num_classes, **cfg.model_options)
     tx = make_optimizer(cfg.optim, 1)
     target = create_train_state(model, tx, jax.random.key(0), tuple(image_shape), mesh)
-    with TrainCheckpointer(Path(workdir) / "checkpoints") as ckpt:
+    with TrainCheckpointer(paths.as_dir(workdir) / "checkpoints") as ckpt:
         state, _ = ckpt.restore(target)
     return model, {"params": state.params, "batch_stats": state.batch_stats}
 

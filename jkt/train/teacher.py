@@ -4,11 +4,10 @@ artifact, and the oracle's two-head student initialised from a source-task netwo
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 
-from jkt import checkpoint, models
+from jkt import checkpoint, models, paths
 from jkt import config as config_lib
 from jkt.data.types import DataConfig, Dataset
 from jkt.train.loop import TrainConfig, final_variables, train_and_evaluate
@@ -28,7 +27,7 @@ def train_teacher(ds: Dataset, out, *, arch: str = "vgg9", model_options: dict |
     :class:`jkt.train.TrainConfig`). Returns the restored teacher; an existing artifact is
     returned without training. ``out/<record_name>`` records what determines the teacher;
     a later call with other settings stops with one line naming them."""
-    out = Path(out)
+    out = paths.as_dir(out)
     artifact = out / "artifact"
     record = {"arch": arch, "model_options": dict(model_options or {}),
               "optim": config_lib.to_dict(optim), "max_steps": max_steps, "seed": seed,
