@@ -94,14 +94,32 @@ def _pull_one(pull: Callable, zeros: dict, name: str, cotangent) -> jax.Array:
     return pull({**zeros, name: cotangent})
 
 
-def jacobian_rows(pull: Callable, y: jax.Array) -> jax.Array:
+# Up to this many outputs, :func:`jacobian_rows` traces its pullbacks one by one on a CPU.
+UNROLL_MAX_OUTPUTS = 32
+
+
+def jacobian_rows(pull: Callable, y: jax.Array, *, unroll: bool | None = None) -> jax.Array:
     """All K rows of the per-example Jacobian of outputs ``y`` ``(B, K)``: ``(B, K, *D)``.
 
-    ``J[b, k] = ∇_x y_b[k]``, the pullbacks of the K one-hot cotangents under ``jax.vmap``:
-    K reverse passes over one shared forward pass. (``jax.jacrev`` of the batched function
-    would build the ``(B, K, B, *D)`` cross-example blocks and need a diagonal extraction.)
+    ``J[b, k] = ∇_x y_b[k]``, the pullbacks of the K one-hot cotangents: K reverse passes
+    over one shared forward pass. (``jax.jacrev`` of the batched function would build the
+    ``(B, K, B, *D)`` cross-example blocks and need a diagonal extraction.)
+
+    ``unroll``: ``True`` traces the K pullbacks one after another, ``False`` maps one
+    pullback over the K cotangents with ``jax.vmap``; the same numbers either way.
+    ``None`` (default) unrolls on a CPU backend for K ≤ :data:`UNROLL_MAX_OUTPUTS` and maps
+    elsewhere. Mapped, the K cotangents are folded into the batch, and differentiating
+    that again (a loss on ``J``) carries K copies of every activation through the
+    second-order pass, which XLA:CPU runs slower and in more memory than K separate
+    pullbacks (README, Results); an accelerator runs the one batched pass well, and a
+    large K would make a long unrolled program.
     """
     b, k = y.shape
+    if unroll is None:
+        unroll = jax.default_backend() == "cpu" and k <= UNROLL_MAX_OUTPUTS
+    if unroll:
+        eye = jnp.eye(k, dtype=y.dtype)
+        return jnp.stack([pull(jnp.broadcast_to(eye[i], (b, k))) for i in range(k)], axis=1)
     basis = jnp.broadcast_to(jnp.eye(k, dtype=y.dtype)[:, None, :], (k, b, k))
     return jnp.swapaxes(jax.vmap(pull)(basis), 0, 1)  # (K, B, *D) -> (B, K, *D)
 

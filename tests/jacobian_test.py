@@ -96,6 +96,47 @@ def test_pullbacks_of_one_forward_pass_match_jacrev(setup):
     assert rel_err(rows, 2 * jac) < 1e-5
 
 
+def test_unrolled_and_vmapped_jacobian_rows_agree_to_second_order():
+    """Both layouts of ``jacobian_rows`` give the same Jacobian and the same parameter
+    gradient of a loss on it (the second-order path a Jacobian-matching step runs), within
+    float32 rounding; both match ``jax.jacrev`` in float64. The default unrolls on a CPU
+    and maps for many outputs."""
+    params, apply, _ = make_cnn(jax.random.key(3), classes=4)
+    x = jax.random.normal(jax.random.key(4), (2, 8, 8, 3))
+
+    def loss(p, unroll, dtype=jnp.float32):
+        p = jax.tree.map(lambda a: a.astype(dtype), p)
+        y, pull = jj.pullback(lambda z: apply(p, z), x.astype(dtype))
+        return jnp.sum(jj.jacobian_rows(pull, y, unroll=unroll) ** 2)
+
+    grads = {u: jax.jit(jax.value_and_grad(loss), static_argnums=1)(params, u)
+             for u in (True, False)}
+    chex.assert_trees_all_close(grads[True], grads[False], rtol=1e-5, atol=1e-6)
+    with jax.enable_x64():
+        ref = jax.grad(lambda p: jnp.sum(jax.vmap(jax.jacrev(
+            lambda z: apply(p, z[None])[0]))(x.astype(jnp.float64)) ** 2))(
+            jax.tree.map(lambda a: a.astype(jnp.float64), params))
+    chex.assert_trees_all_close(grads[True][1], jax.tree.map(np.float32, ref), rtol=1e-4,
+                                atol=1e-5)
+
+    def convolutions(unroll, classes=4):
+        """Convolutions in the program of a Jacobian loss's parameter gradient."""
+        q, f, _ = make_cnn(jax.random.key(3), classes=classes)
+
+        def loss_k(q):
+            y, pull = jj.pullback(lambda z: f(q, z), x)
+            return jnp.sum(jj.jacobian_rows(pull, y, unroll=unroll) ** 2)
+
+        return jax.jit(jax.grad(loss_k)).lower(q).as_text().count("convolution")
+
+    # Unrolled: K pullbacks' convolutions each; mapped: one batched set. The default
+    # unrolls on a CPU up to UNROLL_MAX_OUTPUTS outputs.
+    assert convolutions(True) > 2 * convolutions(False)
+    assert convolutions(None) == convolutions(True)
+    k = jj.UNROLL_MAX_OUTPUTS + 1
+    assert convolutions(None, classes=k) == convolutions(False, classes=k)
+
+
 def test_jvp_equals_j_times_u(setup):
     fn, x, jac = setup
     u = jj.input_tangent(jax.random.key(2), x)
