@@ -85,13 +85,22 @@ GROUPS = {
     "table1-jac/vmap": (["ce+jac", "ce+act+jac", "act+jac"], {}, "vmap"),
     "table1-act/unroll": (["ce+act", "act"], {}, "unroll"),
     "random-probe/unroll": (["ce+jac", "act+jac"], {"estimator": "random"}, "unroll"),
+    # Table 1's default: the label-free row differentiates the teacher's top output.
+    "table1-jac-mixed/unroll": (["ce+jac", "ce+act+jac", "act+jac"],
+                                {"per_method": {"act+jac": {"estimator": "top"}}}, "unroll"),
 }
+
+
+def _objectives(methods, overrides):
+    common = {k: v for k, v in overrides.items() if k != "per_method"}
+    own = overrides.get("per_method", {})
+    return [method_objective(m, **common, **own.get(m, {})) for m in methods]
 
 
 @pytest.mark.parametrize("name", list(GROUPS))
 def test_fused_runs_equal_separate_runs(name, teacher):
     methods, overrides, mode = GROUPS[name]
-    objectives = [method_objective(m, **overrides) for m in methods]
+    objectives = _objectives(methods, overrides)
     split, mesh = _split(48), parallel.make_mesh(jax.devices()[:2])
     states, f_metrics = _fused(objectives, teacher, split, 3, mesh, mode)
     for r, o in enumerate(objectives):
@@ -127,11 +136,25 @@ def test_unrolled_fusion_computes_the_teacher_once(teacher):
     assert c1 - per_run == 4, (c1, c2, c3)
 
 
+def test_mixed_estimators_add_only_the_teacher_jacobian_of_the_other_output(teacher):
+    """Fusing a run that differentiates the teacher's top output with runs that
+    differentiate the true label costs one more teacher pullback (2 conv layers -> 2
+    convolutions) and that run's own student convolutions, nothing else."""
+    label, top = (method_objective("act+jac", estimator=e) for e in ("label", "top"))
+    same = _count_convolutions([label, label, label], teacher, "unroll")
+    mixed = _count_convolutions([label, label, top], teacher, "unroll")
+    assert mixed - same == 2, (same, mixed)
+
+
 def test_fusion_groups_of_table1():
     objectives = [method_objective(m) for m in TABLE1_METHODS]
     groups = fused.fusion_groups(objectives)
     named = [[TABLE1_METHODS[i] for i in g] for g in groups]
     assert named == [["ce"], ["ce+act", "act"], ["ce+jac", "ce+act+jac", "act+jac"]]
+    label_free = [method_objective(m, estimator="top" if m == "act+jac" else "label")
+                  for m in TABLE1_METHODS]
+    assert fused.fusion_groups(label_free)[2:] == [[2, 3], [5]]  # one estimator per step
+    assert fused.fusion_groups(label_free, mixed_estimators=True) == groups
     union = fused.union_objective([objectives[i] for i in groups[2]])
     assert (union.ce, union.act, union.jac) == (1.0, 1.0, 1.0)
     np.testing.assert_array_equal(fused.weight_matrix([objectives[1], objectives[4]])[:, :2],
@@ -142,6 +165,11 @@ def test_fusion_errors_are_clear(teacher):
     with pytest.raises(ValueError, match="must share \\['estimator'\\]"):
         fused.union_objective([method_objective("ce+jac"),
                                method_objective("ce+jac", estimator="top")])
+    mixed = [method_objective("ce+jac"), method_objective("act+jac", estimator="top")]
+    with pytest.raises(ValueError, match="must share \\['estimator'\\]"):
+        fused.make_fused_train_step(_student(), mixed, mean=MEAN, std=STD,
+                                    teacher_model=teacher[0], mode="vmap")
+    assert fused.union_objective(mixed, mixed_estimators=True).estimator == "label"
     with pytest.raises(ValueError, match="no objectives"):
         fused.union_objective([])
     with pytest.raises(ValueError, match="unknown fusion mode 'pmap'"):

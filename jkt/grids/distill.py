@@ -78,8 +78,10 @@ class DistillConfig:
         trains every run on its own.
       fusion_groups: ``"passes"`` fuses runs that need the same passes
         (``jkt.train.fusion_groups``: Table 1 -> [ce], [ce+act, act], [ce+jac,
-        ce+act+jac], [act+jac] (its own estimator)); ``"all"`` fuses every method of a
-        cell that shares the Jacobian estimator into one step.
+        ce+act+jac, act+jac]; with ``"unroll"`` the label-free row keeps its own
+        estimator inside the group, with ``"vmap"`` it gets a step of its own); ``"all"``
+        fuses every method of a cell into one step (under ``"vmap"``: every method that
+        shares the Jacobian estimator).
       dtype: compute dtype of the students and of the teacher inside the student steps
         (parameters, optimiser state, logits and losses stay float32). The teacher is
         trained in float32.
@@ -157,7 +159,8 @@ def method_groups(cfg: DistillConfig, objectives: dict) -> list[list[str]]:
     if cfg.fusion == "off":
         return [[m] for m in cfg.methods]
     groups = fusion_groups([objectives[m] for m in cfg.methods],
-                           by_passes=cfg.fusion_groups == "passes")
+                           by_passes=cfg.fusion_groups == "passes",
+                           mixed_estimators=cfg.fusion == "unroll")
     return [[cfg.methods[i] for i in g] for g in groups]
 
 

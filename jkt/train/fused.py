@@ -36,19 +36,34 @@ _STRUCTURE = ("estimator", "normalize", "att_pairs", "att_variant", "att_jac_pai
               "pool_fraction")
 
 
-def union_objective(objectives: Sequence[Objective]) -> Objective:
+def union_objective(objectives: Sequence[Objective], *, mixed_estimators: bool = False
+                    ) -> Objective:
     """The objective that computes every term any of ``objectives`` uses (weight 1 where
-    any run's weight is positive). Raises if they differ in anything but weights."""
+    any run's weight is positive), with the first run's estimator. Raises if they differ in
+    anything but weights (and, with ``mixed_estimators``, their Jacobian estimators)."""
     if not objectives:
         raise ValueError("no objectives to fuse")
     first = objectives[0]
+    shared = _shared_structure(mixed_estimators)
     for o in objectives[1:]:
-        diff = [f for f in _STRUCTURE if getattr(o, f) != getattr(first, f)]
+        diff = [f for f in shared if getattr(o, f) != getattr(first, f)]
         if diff:
+            allowed = "loss weights and estimators" if mixed_estimators else "loss weights"
             raise ValueError(f"fused runs must share {diff}: {getattr(first, diff[0])!r} vs "
-                             f"{getattr(o, diff[0])!r}; only loss weights may differ")
+                             f"{getattr(o, diff[0])!r}; only {allowed} may differ")
     return dataclasses.replace(first, **{
         t: 1.0 if any(getattr(o, t) > 0 for o in objectives) else 0.0 for t in TERMS})
+
+
+def _shared_structure(mixed_estimators: bool) -> tuple[str, ...]:
+    return tuple(f for f in _STRUCTURE if not (mixed_estimators and f == "estimator"))
+
+
+def run_objectives(objectives: Sequence[Objective]) -> list[Objective]:
+    """What each run of a fused step computes: the union of the terms, with the run's own
+    estimator (the same for every run unless estimators are mixed)."""
+    union = union_objective(objectives, mixed_estimators=True)
+    return [dataclasses.replace(union, estimator=o.estimator) for o in objectives]
 
 
 def weight_matrix(objectives: Sequence[Objective]) -> np.ndarray:
@@ -63,18 +78,21 @@ def passes(objective: Objective) -> tuple[bool, bool]:
     return o.needs_teacher, (o.jac > 0 or o.jac_norm > 0 or o.att_jac > 0)
 
 
-def fusion_groups(objectives: Sequence[Objective], *, by_passes: bool = True
-                  ) -> list[list[int]]:
+def fusion_groups(objectives: Sequence[Objective], *, by_passes: bool = True,
+                  mixed_estimators: bool = False) -> list[list[int]]:
     """Indices of ``objectives`` grouped so that each group can be fused: same structure
-    (estimator, taps, ...) and, with ``by_passes``, the same :func:`passes` (cheap to
+    (estimator, taps, ...; with ``mixed_estimators`` the estimators may differ, as the
+    ``"unroll"`` layout allows) and, with ``by_passes``, the same :func:`passes` (cheap to
     fuse), in first-seen order.
 
-    Table 1's six methods with one estimator give ``[[ce], [ce+act, act], [ce+jac,
-    ce+act+jac, act+jac]]``; without ``by_passes``, one group.
+    Table 1's six methods give ``[[ce], [ce+act, act], [ce+jac, ce+act+jac, act+jac]]``
+    with one estimator, or with the label-free row's own estimator and
+    ``mixed_estimators``; without ``by_passes``, one group.
     """
+    shared = _shared_structure(mixed_estimators)
     groups: dict[tuple, list[int]] = {}
     for i, o in enumerate(objectives):
-        key = ((passes(o) if by_passes else None), *(getattr(o, f) for f in _STRUCTURE))
+        key = ((passes(o) if by_passes else None), *(getattr(o, f) for f in shared))
         groups.setdefault(key, []).append(i)
     return list(groups.values())
 
@@ -134,13 +152,18 @@ def make_fused_train_step(
     convolutions. ``"vmap"`` maps one update over the run axis: the teacher is unbatched
     by construction, and the students' convolutions become one grouped convolution per
     layer, so which mode is faster depends on the backend's grouped-convolution kernels.
+    ``"unroll"`` also fuses runs with different Jacobian estimators (Table 1's
+    label-free row, which differentiates the teacher's top output, beside the rows that
+    differentiate the true label): each run uses its own, and the teacher's Jacobian is
+    computed once per estimator; ``"vmap"`` needs one estimator.
 
     With ``R = 1`` the step is :func:`jkt.train.step.make_train_step`'s (same keys, same
     terms, same program): the training loop runs a single run through it.
     """
     if mode not in FUSION_MODES:
         raise ValueError(f"unknown fusion mode {mode!r}; valid: {FUSION_MODES}")
-    union = union_objective(objectives)
+    union = union_objective(objectives, mixed_estimators=mode == "unroll")
+    per_run = run_objectives(objectives)
     if union.needs_teacher and teacher_model is None:
         raise ValueError("an objective matches a teacher, but no teacher model was given")
     weights = weight_matrix(objectives)
@@ -161,18 +184,18 @@ def make_fused_train_step(
         teacher_fn = frozen_teacher(teacher_model, teacher_variables, to_teacher,
                                     union.teacher_taps)
 
-        def one(state, w):
+        def one(state, w, objective=union):
             key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
             k_drop = jax.random.split(key, 3)[1]
-            return update(model, union, state, x, batch["label"], teacher_fn, k_drop, k_est,
-                          weights=dict(zip(TERMS, w, strict=True)))
+            return update(model, objective, state, x, batch["label"], teacher_fn, k_drop,
+                          k_est, weights=dict(zip(TERMS, w, strict=True)))
 
         if runs == 1:
             state, metrics = one(states, jnp.asarray(weights[0]))
             return state, jax.tree.map(lambda v: v[None], metrics)
         if mode == "vmap":
             return jax.vmap(one)(states, jnp.asarray(weights))
-        outs = [one(unstack_state(states, r), jnp.asarray(weights[r]))
+        outs = [one(unstack_state(states, r), jnp.asarray(weights[r]), per_run[r])
                 for r in range(len(objectives))]
         return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
@@ -180,4 +203,5 @@ def make_fused_train_step(
 
 
 __all__ = ["FUSION_MODES", "fusion_groups", "make_fused_train_step", "pack_states", "passes",
-           "stack_states", "union_objective", "unpack_state", "unstack_state", "weight_matrix"]
+           "run_objectives", "stack_states", "union_objective", "unpack_state",
+           "unstack_state", "weight_matrix"]

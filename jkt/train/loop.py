@@ -288,9 +288,9 @@ def _check_fusable(cfgs: list[TrainConfig], mode: str) -> None:
                 and getattr(c, f.name) != getattr(cfgs[0], f.name)]
         if diff:
             raise ValueError(f"fused runs may differ only in their objective, not in {diff}")
-    fused.union_objective([c.objective for c in cfgs])
     if mode not in fused.FUSION_MODES:
         raise ValueError(f"unknown fusion mode {mode!r}; valid: {fused.FUSION_MODES}")
+    fused.union_objective([c.objective for c in cfgs], mixed_estimators=mode == "unroll")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -380,7 +380,7 @@ def _plan(cfgs, train: Split, num_classes: int, workdirs, descs, mesh) -> _Runs:
 def _teacher_inputs(runs: _Runs, teacher, train: Split) -> tuple[dict, Any]:
     """The step builder's teacher arguments and the replicated teacher variables (both
     empty / ``None`` when no run matches a teacher)."""
-    if not fused.union_objective(runs.objectives).needs_teacher:
+    if not fused.union_objective(runs.objectives, mixed_estimators=True).needs_teacher:
         return {}, None
     if teacher is None:
         raise ValueError("the objective matches a teacher, but no teacher was given")
