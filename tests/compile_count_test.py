@@ -105,3 +105,37 @@ def test_without_a_shared_cache_each_run_compiles(teacher_grid, tmp_path, monkey
         distill_grid.run(grid(tmp_path, methods=("ce",), n_per_class=(1, 2), seeds=(0,)),
                          mesh=mesh)
     assert counter.names["scheduled_train_step"] == 2
+
+
+def test_table2_lambda_rows_share_one_train_step(tmp_path):
+    """Table 2's λ rows differ only in the Jacobian-norm weight, which the cached step takes
+    as an argument: three λ compile one train step, and the rows share one eval step and
+    one gradient-norm function for the noise evaluation. The weights still act: each row's
+    final Jacobian-norm term is trained under its own λ."""
+    from PIL import Image
+
+    from jkt.grids import robustness
+
+    root = tmp_path / "imgs"
+    rng = np.random.default_rng(0)
+    for c in range(2):
+        (root / f"c{c}").mkdir(parents=True)
+        for i in range(10):
+            img = np.clip(80 + 100 * c + rng.normal(0, 30, (32, 32, 3)), 0, 255)
+            Image.fromarray(img.astype(np.uint8)).save(root / f"c{c}" / f"{i}.png")
+    p = robustness.RobustnessConfig(
+        workdir=str(tmp_path / "w"), data=DataConfig(f"folder:{root}", val_fraction=0.2),
+        progress=False, model="vgg4", model_options=TINY, lambdas=(0.1, 1.0, 10.0),
+        weight_decay=0.0, dropout=0.0, sigmas=(0.0, 0.5), noise_draws=2,
+        optim=OptimConfig("adam", 1e-3, (0.8,), epochs=1, batch_size=8), max_steps=4)
+    with CompileCounter() as counter:
+        rows = robustness.run(p, mesh=parallel.make_mesh(jax.devices()[:1]))
+    names = dict(counter.names)
+    assert sorted({r["model"] for r in rows}) == ["lambda=0.1", "lambda=1", "lambda=10"]
+    assert names.get("scheduled_train_step") == 1, names
+    assert names.get("eval_step") == 1, names
+    assert names.get("fn") == 1, names  # make_grad_norm_fn's jitted function
+    losses = {r["model"]: (r["final_loss"], r["final_ce"], r["final_jac_norm"]) for r in rows}
+    for name, (loss, ce, jac_norm) in losses.items():
+        lam = float(name.split("=")[1])
+        np.testing.assert_allclose(loss, ce + lam * jac_norm, rtol=1e-5)

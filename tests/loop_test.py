@@ -62,8 +62,8 @@ def nan_run(split, tmp_path_factory):
     def make_bad_step(*args, **kwargs):
         step = real(*args, **kwargs)
 
-        def bad_step(state, batch, teacher_variables):
-            new, metrics = step(state, batch, teacher_variables)
+        def bad_step(state, batch, teacher_variables, *weights):
+            new, metrics = step(state, batch, teacher_variables, *weights)
             bad = state.step == 3
             metrics = {**metrics, "ce": jnp.where(bad, jnp.nan, metrics["ce"])}
             params = jax.tree.map(lambda p: jnp.where(bad, jnp.nan, p), new.params)

@@ -31,7 +31,6 @@ from jkt.train import (
     TrainConfig,
     evaluate,
     final_variables,
-    make_eval_step,
     train_and_evaluate,
 )
 from jkt.train.objective import ESTIMATORS
@@ -143,9 +142,13 @@ def make_grad_norm_fn(model, mean, std):
     return jax.jit(fn)
 
 
-def noise_evaluation(model, variables, ds, p: RobustnessConfig, mesh, batch_size: int) -> dict:
-    """Accuracy at every σ (mean and std over draws) and the mean clean gradient norm."""
-    eval_fn = jax.jit(make_eval_step(model, mean=ds.mean, std=ds.std))
+def noise_evaluation(model, variables, ds, p: RobustnessConfig, mesh, batch_size: int, *,
+                     step_cache: StepCache | None = None) -> dict:
+    """Accuracy at every σ (mean and std over draws) and the mean clean gradient norm.
+    ``step_cache``: shares the jitted evaluation and gradient-norm functions between the
+    rows of one model (``None``: fresh ones)."""
+    cache = StepCache() if step_cache is None else step_cache
+    eval_fn = cache.eval_step(model, mean=ds.mean, std=ds.std)
     out = {"sigmas": {}}
     for sigma in p.sigmas:
         draws = 1 if sigma == 0 else p.noise_draws
@@ -153,7 +156,8 @@ def noise_evaluation(model, variables, ds, p: RobustnessConfig, mesh, batch_size
                          key=jax.random.key(1000 + d)) for d in range(draws)]
         out["sigmas"][f"{sigma:g}"] = {"mean": float(np.mean(accs)), "std": float(np.std(accs)),
                                        "draws": accs}
-    grad_fn = make_grad_norm_fn(model, ds.mean, ds.std)
+    grad_fn = cache.get(("grad_norm", model, tuple(ds.mean), tuple(ds.std)),
+                        lambda: make_grad_norm_fn(model, ds.mean, ds.std))
     total = sum(float(grad_fn(variables, b))
                 for b in data.eval_batches(ds.test, batch_size, mesh))
     out["grad_norm"] = total / len(ds.test)
@@ -173,7 +177,9 @@ def run(p: RobustnessConfig, *, mesh=None) -> list[dict]:
     mesh, workdir, ds = start(p, mesh)
     print(f"{ds.summary()}, {parallel.process_count_str(mesh)}")
     specs = model_rows(p)
-    step_cache = StepCache()  # rows of one model and optimiser share eval step and init
+    # Rows of one model share their compiled steps: the λ rows one train step (weights
+    # are step arguments), every row the eval step, init and noise evaluation.
+    step_cache = StepCache()
     rows = []
     bar = tqdm(total=len(specs), desc="models", position=0, dynamic_ncols=True,
                disable=not p.progress)
@@ -192,7 +198,7 @@ def run(p: RobustnessConfig, *, mesh=None) -> list[dict]:
                                          step_cache=step_cache)
             except NonFiniteLossError as e:
                 raise NonFiniteLossError(f"model {spec.name}: {e}") from e
-            noise = noise_result(p, cfg, ds, run_dir, mesh)
+            noise = noise_result(p, cfg, ds, run_dir, mesh, step_cache=step_cache)
             rows += [{"model": spec.name, "sigma": float(sigma), "accuracy": acc["mean"],
                       "accuracy_std": acc["std"], "draws": len(acc["draws"]),
                       "clean_val_accuracy": res.accuracy.get("val"),
@@ -207,13 +213,15 @@ def run(p: RobustnessConfig, *, mesh=None) -> list[dict]:
     return rows
 
 
-def noise_result(p: RobustnessConfig, cfg: TrainConfig, ds, run_dir: Path, mesh) -> dict:
+def noise_result(p: RobustnessConfig, cfg: TrainConfig, ds, run_dir: Path, mesh, *,
+                 step_cache: StepCache | None = None) -> dict:
     """The run's stored ``noise_eval.json``, or a fresh :func:`noise_evaluation` saved there."""
     path = run_dir / NOISE_FILE
     if path.exists():
         return json.loads(path.read_text())
     model, variables = final_variables(run_dir, cfg, ds.num_classes, ds.image_shape, mesh=mesh)
-    noise = noise_evaluation(model, variables, ds, p, mesh, cfg.eval_batch_size)
+    noise = noise_evaluation(model, variables, ds, p, mesh, cfg.eval_batch_size,
+                             step_cache=step_cache)
     if is_writer():
         paths.write_text(path, json.dumps(noise, indent=1))
     return noise

@@ -66,6 +66,14 @@ def run_objectives(objectives: Sequence[Objective]) -> list[Objective]:
     return [dataclasses.replace(union, estimator=o.estimator) for o in objectives]
 
 
+def structure(objective: Objective) -> Objective:
+    """``objective`` with every active term's weight set to 1: what its step computes,
+    whatever the weights (which a step built with ``weights_as_argument`` takes at run
+    time, so runs that differ only in weights, such as Table 2's λ, share one program)."""
+    return dataclasses.replace(objective, **{t: 1.0 if getattr(objective, t) > 0 else 0.0
+                                             for t in TERMS})
+
+
 def weight_matrix(objectives: Sequence[Objective]) -> np.ndarray:
     """``(R, len(TERMS))`` float32 weights, one row per run, columns in ``TERMS`` order."""
     return np.array([[getattr(o, t) for t in TERMS] for o in objectives], np.float32)
@@ -136,6 +144,7 @@ def make_fused_train_step(
     teacher_mean: Sequence[float] | None = None,
     teacher_std: Sequence[float] | None = None,
     mode: str = "unroll",
+    weights_as_argument: bool = False,
 ) -> Callable:
     """Builds ``fused_step(states, batch, teacher_variables) -> (states, metrics)``.
 
@@ -159,6 +168,12 @@ def make_fused_train_step(
 
     With ``R = 1`` the step is :func:`jkt.train.step.make_train_step`'s (same keys, same
     terms, same program): the training loop runs a single run through it.
+
+    ``weights_as_argument``: the step is ``fused_step(states, batch, teacher_variables,
+    weights)`` with ``weights`` a float32 ``(R, len(TERMS))`` array (:func:`weight_matrix`)
+    instead of the objectives' weights compiled in; a term whose weight is 0 in every
+    objective is still left out. Build it from the :func:`structure` of the objectives to
+    share it between runs that differ only in their weights.
     """
     if mode not in FUSION_MODES:
         raise ValueError(f"unknown fusion mode {mode!r}; valid: {FUSION_MODES}")
@@ -172,7 +187,11 @@ def make_fused_train_step(
 
     runs = len(objectives)
 
-    def fused_step(states: TrainState, batch, teacher_variables):
+    def fused_step(states: TrainState, batch, teacher_variables, *weights_arg):
+        if len(weights_arg) != int(weights_as_argument):
+            raise TypeError("fused step takes the weight matrix as its 4th argument exactly "
+                            "when built with weights_as_argument=True")
+        w_all = weights_arg[0] if weights_as_argument else jnp.asarray(weights)
         if states.step.shape != ((runs,) if runs > 1 else ()):
             raise ValueError(f"fused step built for {runs} runs, got states with step shape "
                              f"{states.step.shape} (use pack_states)")
@@ -191,11 +210,11 @@ def make_fused_train_step(
                           k_est, weights=dict(zip(TERMS, w, strict=True)))
 
         if runs == 1:
-            state, metrics = one(states, jnp.asarray(weights[0]))
+            state, metrics = one(states, w_all[0])
             return state, jax.tree.map(lambda v: v[None], metrics)
         if mode == "vmap":
-            return jax.vmap(one)(states, jnp.asarray(weights))
-        outs = [one(unstack_state(states, r), jnp.asarray(weights[r]), per_run[r])
+            return jax.vmap(one)(states, w_all)
+        outs = [one(unstack_state(states, r), w_all[r], per_run[r])
                 for r in range(len(objectives))]
         return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
@@ -203,5 +222,5 @@ def make_fused_train_step(
 
 
 __all__ = ["FUSION_MODES", "fusion_groups", "make_fused_train_step", "pack_states", "passes",
-           "run_objectives", "stack_states", "union_objective", "unpack_state",
+           "run_objectives", "stack_states", "structure", "union_objective", "unpack_state",
            "unstack_state", "weight_matrix"]

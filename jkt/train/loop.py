@@ -349,13 +349,13 @@ def _scheduled_step(runs: _Runs, step):
     """``step(states, batch, teacher_variables)``: the cached ``step`` (see
     :meth:`StepCache.train_step`) at this run's learning-rate schedule, whose boundaries
     (:func:`jkt.train.optim.schedule_arrays` of its steps per epoch and total steps) are
-    put on the mesh once and passed as jit arguments."""
-    schedule = jax.device_put(
-        schedule_arrays(runs.cfg.optim, runs.stream.steps_per_epoch, runs.n_steps),
-        parallel.replicated(runs.mesh))
+    put on the mesh once and passed as jit arguments, and with the runs' loss weights."""
+    schedule, weights = jax.device_put(
+        (schedule_arrays(runs.cfg.optim, runs.stream.steps_per_epoch, runs.n_steps),
+         fused.weight_matrix(runs.objectives)), parallel.replicated(runs.mesh))
 
     def train_step(states, batch, teacher_variables):
-        return step(states, batch, teacher_variables, schedule)
+        return step(states, batch, teacher_variables, schedule, weights)
 
     return train_step
 

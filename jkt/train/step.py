@@ -62,8 +62,9 @@ def make_train_step(
 
 
 def with_schedule(step_fn: Callable) -> Callable:
-    """``step(state, batch, teacher_variables)`` -> ``step(state, batch, teacher_variables,
-    schedule)`` for states whose ``tx`` is a :class:`jkt.train.optim.ScheduledOptimizer`.
+    """``step(state, batch, teacher_variables, *args)`` -> ``step(state, batch,
+    teacher_variables, schedule, *args)`` for states whose ``tx`` is a
+    :class:`jkt.train.optim.ScheduledOptimizer`.
 
     Inside the step the state's optimiser is bound to ``schedule``
     (:func:`jkt.train.optim.schedule_arrays`: int32 ``(K,)`` boundaries and float32
@@ -72,9 +73,10 @@ def with_schedule(step_fn: Callable) -> Callable:
     run's schedule, so one jitted program serves runs of any length and data size.
     """
 
-    def scheduled_train_step(state: TrainState, batch, teacher_variables, schedule):
+    def scheduled_train_step(state: TrainState, batch, teacher_variables, schedule, *args):
         spec = state.tx
-        new, metrics = step_fn(state.replace(tx=spec.bind(schedule)), batch, teacher_variables)
+        new, metrics = step_fn(state.replace(tx=spec.bind(schedule)), batch, teacher_variables,
+                               *args)
         return new.replace(tx=spec), metrics
 
     return scheduled_train_step

@@ -57,11 +57,14 @@ class StepCache:
 
     def train_step(self, model, objectives: Sequence, *, mean, std, augment, mode: str, mesh,
                    teacher_model=None, teacher_mean=None, teacher_std=None) -> Callable:
-        """``step(states, batch, teacher_variables, schedule) -> (states, metrics)``:
-        :func:`jkt.train.fused.make_fused_train_step` of these arguments wrapped by
-        :func:`jkt.train.step.with_schedule`, jitted with the states donated and
-        replicated outputs on ``mesh``."""
-        key = ("train", model, tuple(objectives), _floats(mean), _floats(std), augment, mode,
+        """``step(states, batch, teacher_variables, schedule, weights) -> (states, metrics)``:
+        :func:`jkt.train.fused.make_fused_train_step` of the objectives' structure (loss
+        weights as the ``weights`` argument, :func:`jkt.train.fused.weight_matrix`)
+        wrapped by :func:`jkt.train.step.with_schedule`, jitted with the states donated and
+        replicated outputs on ``mesh``. Runs whose objectives differ only in their weights
+        (Table 2's λ) share it."""
+        objectives = tuple(fused.structure(o) for o in objectives)
+        key = ("train", model, objectives, _floats(mean), _floats(std), augment, mode,
                mesh, teacher_model, _floats(teacher_mean), _floats(teacher_std))
 
         def build():
@@ -69,7 +72,8 @@ class StepCache:
                           dict(teacher_model=teacher_model, teacher_mean=teacher_mean,
                                teacher_std=teacher_std))
             step = fused.make_fused_train_step(model, list(objectives), mean=mean, std=std,
-                                               augment=augment, mode=mode, **teacher_kw)
+                                               augment=augment, mode=mode,
+                                               weights_as_argument=True, **teacher_kw)
             rep = parallel.replicated(mesh)
             return jax.jit(with_schedule(step), donate_argnums=0, out_shardings=(rep, rep))
 
