@@ -60,8 +60,9 @@ def main(argv=None) -> list[dict]:
     rows = cli.main(cfg, distill.run, errors=(NonFiniteLossError,))
     if not workdir.is_writer():
         return rows
-    print((paths.as_dir(cfg.workdir) / "results.md").read_text())
-    print("wrote " + ", ".join(str(paths.as_dir(cfg.workdir) / f) for f in distill.report.FILES))
+    out = paths.as_dir(cfg.workdir)
+    print((out / "results.md").read_text())
+    print("wrote " + ", ".join(str(out / f) for f in distill.report.FILES))
     return rows
 
 

@@ -47,8 +47,9 @@ def main(argv=None) -> list[dict]:
     rows = cli.main(cfg, robustness.run, errors=(NonFiniteLossError,))
     if not workdir.is_writer():
         return rows
-    print((paths.as_dir(cfg.workdir) / "robustness.md").read_text())
-    print("wrote " + ", ".join(str(paths.as_dir(cfg.workdir) / f) for f in robustness.report.FILES))
+    out = paths.as_dir(cfg.workdir)
+    print((out / "robustness.md").read_text())
+    print("wrote " + ", ".join(str(out / f) for f in robustness.report.FILES))
     return rows
 
 

@@ -289,12 +289,12 @@ def prepare(cfg, workdir=None, *, lock: bool = True) -> Path:
 def _check_not_a_file(out: Path) -> None:
     """``ValueError`` if ``out`` or a parent of it is an existing file (a mistyped
     ``--workdir``/``--out``): a bad setting, not a disk failure."""
-    from jkt.data import cache as cache_lib
-
-    with cache_lib.storage_errors(out):  # gs:// without its backend: what to install
-        out.exists()
     if paths.is_uri(out):
-        if out.exists() and not out.is_dir():
+        from jkt.data import cache as cache_lib
+
+        with cache_lib.storage_errors(out):  # gs:// without its backend: what to install
+            is_file = out.exists() and not out.is_dir()
+        if is_file:
             raise ValueError(f"work directory {out} is a file, not a directory; use another "
                              "--workdir")
         return

@@ -14,6 +14,7 @@ import jax
 import numpy as np
 import pytest
 from distill_test import image_folder  # noqa: F401  (fixture: 3 classes of 32x32 images)
+from robustness_test import folder  # noqa: F401  (fixture: 2 classes of 32x32 images)
 
 from jkt import data, parallel
 from jkt.data import DataConfig
@@ -58,8 +59,8 @@ def teacher_grid(request, tmp_path_factory):
     """``grid(workdir, **fields)``: a tiny distill grid config on the image folder whose
     teacher artifact is trained here once (so no teacher step is compiled in the grid)."""
     mesh = parallel.make_mesh(jax.devices()[:1])
-    folder = request.getfixturevalue("image_folder")
-    data_cfg = DataConfig(f"folder:{folder}", val_fraction=0.2)
+    images = request.getfixturevalue("image_folder")
+    data_cfg = DataConfig(f"folder:{images}", val_fraction=0.2)
     out = tmp_path_factory.mktemp("teacher")
     train_teacher(data.load_config(data_cfg), out, arch="vgg9", model_options=TINY,
                   optim=OptimConfig(batch_size=8), max_steps=2, progress=False,
@@ -107,24 +108,15 @@ def test_without_a_shared_cache_each_run_compiles(teacher_grid, tmp_path, monkey
     assert counter.names["scheduled_train_step"] == 2
 
 
-def test_table2_lambda_rows_share_one_train_step(tmp_path):
+def test_table2_lambda_rows_share_one_train_step(folder, tmp_path):  # noqa: F811 (fixture)
     """Table 2's λ rows differ only in the Jacobian-norm weight, which the cached step takes
     as an argument: three λ compile one train step, and the rows share one eval step and
     one gradient-norm function for the noise evaluation. The weights still act: each row's
     final Jacobian-norm term is trained under its own λ."""
-    from PIL import Image
-
     from jkt.grids import robustness
 
-    root = tmp_path / "imgs"
-    rng = np.random.default_rng(0)
-    for c in range(2):
-        (root / f"c{c}").mkdir(parents=True)
-        for i in range(10):
-            img = np.clip(80 + 100 * c + rng.normal(0, 30, (32, 32, 3)), 0, 255)
-            Image.fromarray(img.astype(np.uint8)).save(root / f"c{c}" / f"{i}.png")
     p = robustness.RobustnessConfig(
-        workdir=str(tmp_path / "w"), data=DataConfig(f"folder:{root}", val_fraction=0.2),
+        workdir=str(tmp_path / "w"), data=DataConfig(f"folder:{folder}", val_fraction=0.2),
         progress=False, model="vgg4", model_options=TINY, lambdas=(0.1, 1.0, 10.0),
         weight_decay=0.0, dropout=0.0, sigmas=(0.0, 0.5), noise_draws=2,
         optim=OptimConfig("adam", 1e-3, (0.8,), epochs=1, batch_size=8), max_steps=4)

@@ -59,19 +59,12 @@ def _shared_structure(mixed_estimators: bool) -> tuple[str, ...]:
     return tuple(f for f in _STRUCTURE if not (mixed_estimators and f == "estimator"))
 
 
-def run_objectives(objectives: Sequence[Objective]) -> list[Objective]:
-    """What each run of a fused step computes: the union of the terms, with the run's own
-    estimator (the same for every run unless estimators are mixed)."""
-    union = union_objective(objectives, mixed_estimators=True)
-    return [dataclasses.replace(union, estimator=o.estimator) for o in objectives]
-
-
 def structure(objective: Objective) -> Objective:
-    """``objective`` with every active term's weight set to 1: what its step computes,
-    whatever the weights (which a step built with ``weights_as_argument`` takes at run
-    time, so runs that differ only in weights, such as Table 2's λ, share one program)."""
-    return dataclasses.replace(objective, **{t: 1.0 if getattr(objective, t) > 0 else 0.0
-                                             for t in TERMS})
+    """``objective`` with every active term's weight set to 1 (its :func:`union_objective`
+    alone): what its step computes, whatever the weights (which a step built with
+    ``weights_as_argument`` takes at run time, so runs that differ only in weights, such
+    as Table 2's λ, share one program)."""
+    return union_objective([objective])
 
 
 def weight_matrix(objectives: Sequence[Objective]) -> np.ndarray:
@@ -178,7 +171,8 @@ def make_fused_train_step(
     if mode not in FUSION_MODES:
         raise ValueError(f"unknown fusion mode {mode!r}; valid: {FUSION_MODES}")
     union = union_objective(objectives, mixed_estimators=mode == "unroll")
-    per_run = run_objectives(objectives)
+    # What each run computes: the union's terms with the run's own estimator.
+    per_run = [dataclasses.replace(union, estimator=o.estimator) for o in objectives]
     if union.needs_teacher and teacher_model is None:
         raise ValueError("an objective matches a teacher, but no teacher model was given")
     weights = weight_matrix(objectives)
@@ -222,5 +216,5 @@ def make_fused_train_step(
 
 
 __all__ = ["FUSION_MODES", "fusion_groups", "make_fused_train_step", "pack_states", "passes",
-           "run_objectives", "stack_states", "structure", "union_objective", "unpack_state",
-           "unstack_state", "weight_matrix"]
+           "stack_states", "structure", "union_objective", "unpack_state", "unstack_state",
+           "weight_matrix"]

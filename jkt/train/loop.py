@@ -380,7 +380,7 @@ def _plan(cfgs, train: Split, num_classes: int, workdirs, descs, mesh) -> _Runs:
 def _teacher_inputs(runs: _Runs, teacher, train: Split) -> tuple[dict, Any]:
     """The step builder's teacher arguments and the replicated teacher variables (both
     empty / ``None`` when no run matches a teacher)."""
-    if not fused.union_objective(runs.objectives, mixed_estimators=True).needs_teacher:
+    if not any(o.needs_teacher for o in runs.objectives):
         return {}, None
     if teacher is None:
         raise ValueError("the objective matches a teacher, but no teacher was given")
