@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jkt.models.pooling import max_pool
+
 VGG9_CONFIG = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 VGG4_CONFIG = (64, "M", 128, "M", 512, "M")
 
@@ -85,7 +87,7 @@ class VGG(nn.Module):
         for item in self.config:
             if item == "M":
                 n_pool += 1
-                x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+                x = max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
                 features[f"pool{n_pool}"] = x
                 continue
             n_conv += 1
