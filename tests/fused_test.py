@@ -113,8 +113,11 @@ def test_fused_runs_equal_separate_runs(name, teacher):
 
 
 def _count_convolutions(objectives, teacher, mode):
+    """Convolutions in the compiled fused step, with the models' convolutions in XLA's
+    form (``conv_impl="xla"``; the CPU default computes them as matrix products)."""
     t_model, t_vars = teacher
-    model, tx = _student(), optax.adam(1e-2)
+    t_model = t_model.clone(conv_impl="xla")
+    model, tx = _student().clone(conv_impl="xla"), optax.adam(1e-2)
     mesh = parallel.make_mesh(jax.devices()[:1])
     one = create_train_state(model, tx, jax.random.key(0), IMAGE_SHAPE, mesh)
     states = fused.pack_states([one] * len(objectives))

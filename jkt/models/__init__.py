@@ -47,7 +47,8 @@ def create(name: str, num_classes: int, **options: Any):
     """Builds model ``name`` ("vgg4", "vgg9", "resnet34") with ``num_classes`` outputs.
 
     ``options`` are the module's fields, e.g. ``dropout``, ``source_classes``,
-    ``width_multiplier``, ``dtype``, ``conv_bias`` (VGG), ``small_stem`` / ``stage_sizes``
+    ``width_multiplier``, ``dtype``, ``conv_impl`` (``"auto"``: im2col convolutions on a
+    CPU backend, XLA's elsewhere), ``conv_bias`` (VGG), ``small_stem`` / ``stage_sizes``
     (ResNet). Raises ``ValueError`` for an unknown name, ``TypeError`` for an unknown option.
     """
     if name not in MODELS:

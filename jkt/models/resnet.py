@@ -13,6 +13,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jkt.models import conv as conv_lib
 from jkt.models.vgg import batch_norm, classifier_head, conv_init, scale_width
 
 PAD1 = ((1, 1), (1, 1))
@@ -26,10 +27,12 @@ class BasicBlock(nn.Module):
     stride: int = 1
     downsample: bool = False
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, train: bool):
-        conv = partial(nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype)
+        conv = partial(nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype,
+                       conv_general_dilated=conv_lib.resolve(self.conv_impl))
         s = (self.stride, self.stride)
         y = conv(self.features, (3, 3), strides=s, padding=PAD1, name="conv1")(x)
         y = nn.relu(batch_norm(train, self.dtype, "bn1")(y))
@@ -49,6 +52,7 @@ class ResNet(nn.Module):
     with taps ``"stem"`` (after the stem, incl. max-pool) and ``"stage1"``..``"stage4"``,
     each ``(B, H, W, C)``; ``stage1`` is the paper's Jacobian-matching layer (§10.2).
     ``small_stem=True`` uses a 3x3 stride-1 stem conv and no max-pool (32x32 inputs).
+    ``conv_impl`` picks how convolutions are computed (see :mod:`jkt.models.conv`).
     """
 
     num_classes: int
@@ -58,12 +62,14 @@ class ResNet(nn.Module):
     source_classes: int | None = None
     width_multiplier: float = 1.0
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, train: bool = False, return_features: bool = False):
         x = x.astype(self.dtype)
         width = scale_width(64, self.width_multiplier)
-        conv = partial(nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype)
+        conv = partial(nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype,
+                       conv_general_dilated=conv_lib.resolve(self.conv_impl))
         if self.small_stem:
             x = conv(width, (3, 3), padding=PAD1, name="conv1")(x)
         else:
@@ -80,6 +86,7 @@ class ResNet(nn.Module):
                     stride=stride,
                     downsample=stride != 1 or x.shape[-1] != width * 2**i,
                     dtype=self.dtype,
+                    conv_impl=self.conv_impl,
                     name=f"layer{i + 1}_{b}",
                 )(x, train)
             features[f"stage{i + 1}"] = x

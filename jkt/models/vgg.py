@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jkt.models import conv as conv_lib
 from jkt.models.pooling import max_pool
 
 VGG9_CONFIG = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
@@ -65,6 +66,8 @@ class VGG(nn.Module):
     ``source_classes`` is set); with ``return_features=True`` returns
     ``(logits, features)`` where ``features["pool<i>"]`` is the ``(B, H, W, C)`` output of
     the i-th max-pool (``pool2`` is the paper's Jacobian-matching layer for VGG, §10.2).
+    ``conv_impl`` (``"auto"``, ``"xla"``, ``"im2col"``; see :mod:`jkt.models.conv`) picks
+    how convolutions are computed; parameters and the function are the same for each.
     """
 
     config: Sequence[int | str]
@@ -74,6 +77,7 @@ class VGG(nn.Module):
     source_classes: int | None = None
     width_multiplier: float = 1.0
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, train: bool = False, return_features: bool = False):
@@ -82,6 +86,7 @@ class VGG(nn.Module):
             raise ValueError(f"VGG with {n_pools} 2x2 max-pools needs NHWC inputs of at least "
                              f"{2 ** n_pools}x{2 ** n_pools} pixels, got shape {x.shape}")
         x = x.astype(self.dtype)
+        conv = conv_lib.resolve(self.conv_impl)
         features = {}
         n_conv = n_pool = 0
         for item in self.config:
@@ -98,6 +103,7 @@ class VGG(nn.Module):
                 use_bias=self.conv_bias,
                 kernel_init=conv_init,
                 dtype=self.dtype,
+                conv_general_dilated=conv,
                 name=f"conv{n_conv}",
             )(x)
             x = batch_norm(train, self.dtype, f"bn{n_conv}")(x)
