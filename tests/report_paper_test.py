@@ -13,7 +13,7 @@ from experiments.configs import transfer as transfer_presets
 from jkt.grids.robustness import RobustnessConfig, model_rows
 from jkt.grids.transfer import POOL_WINDOWS
 from jkt.models.vgg import VGG9_CONFIG
-from jkt.report import distill, paper, robustness, transfer
+from jkt.report import distill, paper, robustness, tables, transfer
 from jkt.train.methods import METHOD_LABELS, METHODS, TRANSFER_LABELS, TRANSFER_METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -209,6 +209,24 @@ def test_distill_results_without_the_paper_say_analogue(tmp_path):
         assert "(paper " not in md and "Beside the paper" not in md
         assert "52.43" not in md and "64.78" not in md
         assert METHOD_LABELS["ce"] in md and "**" in md  # the tables as before
+
+
+def test_distill_plot_is_redrawn_on_schedule(tmp_path, monkeypatch):
+    cfg = dataclasses.replace(distill_presets.quick(), seeds=(0,))
+    md = distill.write(_distill_rows(cfg), tmp_path, cfg, 0.631, plot=False)
+    assert md == (tmp_path / "results.md").read_text() and (tmp_path / "results.csv").exists()
+    assert not (tmp_path / "results.png").exists()
+    distill.write(_distill_rows(cfg), tmp_path, cfg, 0.631)
+    assert (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"
+
+    clock = [100.0]
+    monkeypatch.setattr(tables.time, "monotonic", lambda: clock[0])
+    plots = tables.PlotSchedule(every_s=60)
+    due = []
+    for t, final in ((100, False), (130, False), (161, False), (170, False), (171, True)):
+        clock[0] = t
+        due.append(plots.due(final))
+    assert due == [True, False, True, False, True]  # first cell, 60 s later, last cell
 
 
 def _robustness_rows(cfg):

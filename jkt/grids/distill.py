@@ -31,6 +31,7 @@ from jkt.grids.validate import (
     start,
 )
 from jkt.report import distill as report
+from jkt.report import tables
 from jkt.train import (
     FUSION_MODES,
     NonFiniteLossError,
@@ -184,8 +185,10 @@ def run(cfg: DistillConfig, *, mesh=None) -> list[dict]:
     rows = []
     bar = tqdm(total=len(cfg.methods) * len(cfg.n_per_class) * len(cfg.seeds), desc="grid",
                position=0, dynamic_ncols=True, disable=not cfg.progress)
+    cells = list(itertools.product(cfg.n_per_class, cfg.seeds, groups))
+    plots = tables.PlotSchedule()
     try:
-        for n, seed, group in itertools.product(cfg.n_per_class, cfg.seeds, groups):
+        for i, (n, seed, group) in enumerate(cells):
             names = [f"{m}/n{n}_seed{seed}" for m in group]
             bar.set_description(f"grid [{', '.join(names)}]")
             cfgs = [TrainConfig(
@@ -211,7 +214,7 @@ def run(cfg: DistillConfig, *, mesh=None) -> list[dict]:
             for m, res in zip(group, results, strict=True):
                 rows.append(result_row(m, n, seed, res, fused=len(group), skipped=skipped))
             if is_writer():
-                report.write(rows, workdir, cfg, t_acc)
+                report.write(rows, workdir, cfg, t_acc, plot=plots.due(i == len(cells) - 1))
             bar.update(len(group))
     finally:
         bar.close()

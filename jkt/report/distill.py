@@ -11,11 +11,12 @@ from jkt.report import paper, tables
 from jkt.train.methods import METHOD_LABELS
 
 
-def write(rows: list[dict], workdir: Path, cfg, teacher_accuracy: float | None) -> str:
+def write(rows: list[dict], workdir: Path, cfg, teacher_accuracy: float | None, *,
+          plot: bool = True) -> str:
     """Writes the rows so far as ``results.csv``, ``results.md`` (the paper's table, mean ±
-    std over seeds, best per column in bold) and ``results.png`` (accuracy vs points per
-    class) under ``workdir``; ``cfg`` is the grid's ``DistillConfig``. ``teacher_accuracy`` is
-    a fraction. Returns the markdown."""
+    std over seeds, best per column in bold) and, with ``plot``, ``results.png`` (accuracy
+    vs points per class) under ``workdir``; ``cfg`` is the grid's ``DistillConfig``.
+    ``teacher_accuracy`` is a fraction. Returns the markdown."""
     workdir = paths.as_dir(workdir)
     tables.write_csv(rows, workdir / "results.csv")
     cols = list(cfg.n_per_class)
@@ -38,6 +39,8 @@ def write(rows: list[dict], workdir: Path, cfg, teacher_accuracy: float | None) 
                                    col_header=common["col_header"])
                + "\n" + paper.teacher_line(paper.TABLE1, teacher_accuracy) + "\n")
     paths.write_text(workdir / "results.md", md)
+    if not plot:
+        return md
     tables.accuracy_vs_n_plot(rows, workdir / "results.png", line_order=list(cfg.methods),
                               x_order=cols, line_labels=METHOD_LABELS,
                               xlabel="data points per class (log; 'full' plotted at right)",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -116,6 +117,24 @@ def comparison_table(agg: dict, paper, *, row_order: Sequence, col_order: Sequen
     else:
         summary = "None of these cells is in the paper's table."
     return table + "\n\n" + summary
+
+
+class PlotSchedule:
+    """When a grid redraws its plot: after its last cell, and otherwise at most once per
+    ``every_s`` seconds (the first cell included). Its tables are rewritten after every
+    cell; a plot costs about half a second, which adds up over a grid of quick cells."""
+
+    def __init__(self, every_s: float = 60.0):
+        self.every_s = every_s
+        self._last = -math.inf
+
+    def due(self, final: bool) -> bool:
+        """Whether to draw now (``final``: the grid's last cell)."""
+        now = time.monotonic()
+        if final or now - self._last >= self.every_s:
+            self._last = now
+            return True
+        return False
 
 
 def line_plot(rows: Sequence[dict], path, *, line_key: str, x_key: str, y_key: str,
