@@ -26,7 +26,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 import jax  # noqa: E402
 
 from experiments.configs import bench as configs  # noqa: E402
-from jkt import bench, cli, parallel  # noqa: E402
+from jkt import bench, cli, host_allocator, parallel  # noqa: E402
 from jkt import config as config_lib  # noqa: E402
 from jkt.bench import report as reports  # noqa: E402
 
@@ -80,6 +80,10 @@ def torch_reference(cfg: bench.BenchConfig):
 
 
 def main(argv=None) -> dict:
+    # Before JAX starts (parsing asks for its backend). One process for both frameworks:
+    # torch's CPU tensors get the same malloc settings.
+    allocator = (host_allocator.configure() if host_allocator.cpu_backend_expected()
+                 else None)
     cfg = parse_config(argv)
     devices = jax.devices()
     if cfg.devices is not None:
@@ -95,7 +99,8 @@ def main(argv=None) -> dict:
         torch_reference=reference, torch_note=note, seed=cfg.seed,
         torch_threads=cfg.torch_threads,
         # A killed run still leaves what it measured.
-        on_method=(lambda partial: reports.write_partial(partial, out)) if out else None)
+        on_method=(lambda partial: reports.write_partial(partial, out)) if out else None,
+        host_allocator=allocator)
     md = reports.markdown(report)
     print()
     print(md)

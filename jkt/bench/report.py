@@ -81,7 +81,8 @@ def markdown(report: dict) -> str:
         "(torch: first step). Peak memory: device peak so far in the process (running max; "
         "n/a on CPU); XLA = the compiled step's argument + output + temp bytes. `fused` rows "
         "train `runs` students in one step (`jkt.train.fused`, shared batch and teacher "
-        "passes); their img/s counts images x runs; torch has no fused counterpart.",
+        "passes); their img/s counts images x runs; torch has no fused counterpart."
+        + (f" Host memory: {env['host_allocator']}." if env.get("host_allocator") else ""),
         "",
         "| method | runs | jkt ms/step | jkt ms/run-step | jkt img/s | compile s | peak mem "
         "| XLA mem | torch ms/step | torch img/s | jkt/torch |",

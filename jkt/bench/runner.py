@@ -33,7 +33,8 @@ def environment(mesh) -> dict:
 def run(setting: BenchSetting, method_names: Sequence[str], *, mesh=None,
         torch_reference=None, torch_note: str = "not run", seed: int = 0,
         torch_threads: int | None = None, log: Callable[[str], None] = print,
-        on_method: Callable[[dict], None] | None = None) -> dict:
+        on_method: Callable[[dict], None] | None = None,
+        host_allocator: str | None = None) -> dict:
     """Benchmarks the rows ``method_names`` of ``jkt.bench.METHODS``.
 
     Args:
@@ -49,6 +50,8 @@ def run(setting: BenchSetting, method_names: Sequence[str], *, mesh=None,
       torch_threads: ``torch.set_num_threads`` for a CPU reference.
       log: gets one progress line per row.
       on_method: called with the report so far after each row (e.g. to save progress).
+      host_allocator: how the host's malloc is set up (``jkt.host_allocator.configure``'s
+        line), recorded in the report's environment.
 
     Returns:
       The report (``jkt.bench.report.build``), the JSON ``--out`` writes.
@@ -59,6 +62,8 @@ def run(setting: BenchSetting, method_names: Sequence[str], *, mesh=None,
     bench = JaxBench(setting, mesh, seed)
     env = environment(mesh)
     env.update(torch_env or {"torch": torch_note})
+    if host_allocator is not None:
+        env["host_allocator"] = host_allocator
     results = {}
     for name in method_names:
         method = METHODS[name]
