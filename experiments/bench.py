@@ -82,7 +82,7 @@ def torch_reference(cfg: bench.BenchConfig):
 def main(argv=None) -> dict:
     # Before JAX starts (parsing asks for its backend). One process for both frameworks:
     # torch's CPU tensors get the same malloc settings.
-    allocator = (host_allocator.configure() if host_allocator.cpu_backend_expected()
+    allocator = (host_allocator.configure_jax_cpu() if host_allocator.cpu_backend_expected()
                  else None)
     cfg = parse_config(argv)
     devices = jax.devices()

@@ -43,6 +43,7 @@ from collections.abc import Mapping
 
 ENV = "JKT_HOST_ALLOCATOR"
 CHOICES = ("heap", "default")
+APPLIED = "glibc malloc: heap only"  # how configure's line starts when it applied
 
 # mallopt parameters (glibc malloc.h).
 M_TRIM_THRESHOLD = -1
@@ -127,8 +128,9 @@ def configure(settings: MallocSettings = MallocSettings(),
       environ: the environment to read (default ``os.environ``).
 
     Returns:
-      One line saying what was done, e.g. ``"glibc malloc: heap only, no trimming"`` or
-      ``"glibc malloc: defaults ($JKT_HOST_ALLOCATOR=default)"``.
+      One line saying what was done: ``"glibc malloc: heap only, …"`` when the settings
+      were applied, else why not (e.g. ``"glibc malloc: defaults
+      ($JKT_HOST_ALLOCATOR=default)"``).
 
     Raises:
       ValueError: ``$JKT_HOST_ALLOCATOR`` is neither ``heap`` nor ``default``.
@@ -154,9 +156,27 @@ def configure(settings: MallocSettings = MallocSettings(),
         if libc.mallopt(ctypes.c_int(param), ctypes.c_int(value)) != 1:
             raise OSError(f"glibc mallopt({param}, {value}) failed")
     arenas = "" if settings.arena_max is None else f", {settings.arena_max} arena(s)"
-    return (f"glibc malloc: heap only{arenas}, trim threshold {settings.trim_threshold >> 20} MiB, "
+    return (f"{APPLIED}{arenas}, trim threshold {settings.trim_threshold >> 20} MiB, "
             f"top pad {settings.top_pad >> 20} MiB (${ENV}=default keeps glibc's)")
 
 
-__all__ = ["CHOICES", "ENV", "MallocSettings", "accelerator_plugins", "configure",
-           "cpu_backend_expected"]
+def configure_jax_cpu(settings: MallocSettings = MallocSettings(),
+                      environ: Mapping[str, str] | None = None) -> str:
+    """:func:`configure`, then, when it applied, JAX's ``jax_cpu_enable_async_dispatch``
+    off: XLA:CPU runs each step on the thread that calls it, whose heap the settings
+    cover, instead of on its worker threads, whose arenas grow in heaps of at most 64 MiB
+    (glibc maps a larger block for them afresh whatever the settings). Python then waits
+    for each step before it prepares the next batch. Call it before JAX starts its
+    backend: JAX reads the dispatch setting when it creates its CPU client. Returns
+    :func:`configure`'s line, with the dispatch noted."""
+    line = configure(settings, environ)
+    if line.startswith(APPLIED):
+        import jax
+
+        jax.config.update("jax_cpu_enable_async_dispatch", False)
+        line += "; CPU dispatch synchronous (jax_cpu_enable_async_dispatch=False)"
+    return line
+
+
+__all__ = ["APPLIED", "CHOICES", "ENV", "MallocSettings", "accelerator_plugins", "configure",
+           "configure_jax_cpu", "cpu_backend_expected"]

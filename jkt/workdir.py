@@ -123,11 +123,12 @@ def setup_jax(workdir) -> None:
     and enables the persistent compilation cache under ``workdir/.jax_cache`` (identical
     steps of later and resumed runs skip XLA compilation); ``$JAX_COMPILATION_CACHE_DIR``
     wins over that location. When JAX will run on the CPU, first keeps XLA's step buffers
-    mapped between steps (:func:`jkt.host_allocator.configure`, before JAX starts)."""
+    mapped between steps (:func:`jkt.host_allocator.configure_jax_cpu`, before JAX
+    starts)."""
     from jkt import host_allocator, parallel
 
     if host_allocator.cpu_backend_expected():
-        host_allocator.configure()
+        host_allocator.configure_jax_cpu()
     parallel.initialize_distributed()
     import jax
 

@@ -92,3 +92,28 @@ def test_cpu_backend_expected_reads_the_platform_list_first():
     assert not host_allocator.cpu_backend_expected("tpu")
     # Unset: the CPU exactly when no accelerator plugin is installed.
     assert host_allocator.cpu_backend_expected("") == (not host_allocator.accelerator_plugins())
+
+
+def _dispatch_after_configure_jax_cpu(**env) -> tuple[str, bool]:
+    import os
+
+    environ = {k: v for k, v in os.environ.items() if not (
+        k.startswith("MALLOC_") or k in ("GLIBC_TUNABLES", "LD_PRELOAD", host_allocator.ENV))}
+    environ.update(env)
+    code = ("import json, jax\nfrom jkt import host_allocator\n"
+            "line = host_allocator.configure_jax_cpu()\n"
+            "print(json.dumps([line, jax.config.values['jax_cpu_enable_async_dispatch']]))")
+    out = subprocess.run([sys.executable, "-c", code], env=environ, check=True,
+                         capture_output=True, text=True).stdout
+    return tuple(json.loads(out.strip().splitlines()[-1]))
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc malloc only")
+def test_configure_jax_cpu_runs_steps_on_the_calling_thread_only_when_applied():
+    line, async_dispatch = _dispatch_after_configure_jax_cpu()
+    assert line.startswith(host_allocator.APPLIED) and line.endswith(
+        "CPU dispatch synchronous (jax_cpu_enable_async_dispatch=False)"), line
+    assert async_dispatch is False
+    line, async_dispatch = _dispatch_after_configure_jax_cpu(JKT_HOST_ALLOCATOR="default")
+    assert line == "glibc malloc: defaults ($JKT_HOST_ALLOCATOR=default)"
+    assert async_dispatch is True
