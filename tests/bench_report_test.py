@@ -82,3 +82,16 @@ def test_markdown_files_and_warnings(tmp_path):
     md_path, json_path = report.write(rep, tmp_path)
     assert md_path.read_text() == md and not (tmp_path / "bench.partial.json").exists()
     assert json.loads(json_path.read_text())["setting"]["small"] is True
+
+
+def test_markdown_names_the_host_memory_settings_when_recorded():
+    results = {"ce": {"label": "CE", "members": [], "jkt": _step(2.0), "torch": None,
+                      "ratio": None}}
+    env = {"jax_devices": "1 device(s) (cpu) in 1 process(es)"}
+    plain = report.markdown(report.build(settings.BenchSetting(small=True), env, results,
+                                         with_torch=False))
+    assert "Host memory" not in plain
+    env["host_allocator"] = "glibc malloc: heap only, …"
+    md = report.markdown(report.build(settings.BenchSetting(small=True), env, results,
+                                      with_torch=False))
+    assert "torch has no fused counterpart. Host memory: glibc malloc: heap only, …." in md
