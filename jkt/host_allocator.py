@@ -85,7 +85,7 @@ def _user_tuned(environ: Mapping[str, str]) -> str | None:
 def accelerator_plugins() -> list[str]:
     """Installed JAX backends other than the CPU: PJRT plugins (the ``jax_plugins``
     entry points and namespace package, e.g. ``jax-cuda12-plugin``) and ``libtpu``."""
-    found = sorted({ep.name for ep in importlib.metadata.entry_points(group="jax_plugins")})
+    found = {ep.name for ep in importlib.metadata.entry_points(group="jax_plugins")}
     ns = sys.modules.get("jax_plugins")
     try:
         if ns is None and importlib.util.find_spec("jax_plugins") is not None:
@@ -95,10 +95,10 @@ def accelerator_plugins() -> list[str]:
     if ns is not None:
         import pkgutil
 
-        found += sorted(m.name for m in pkgutil.iter_modules(getattr(ns, "__path__", [])))
+        found.update(m.name for m in pkgutil.iter_modules(getattr(ns, "__path__", [])))
     if importlib.util.find_spec("libtpu") is not None:
-        found.append("libtpu")
-    return sorted(set(found))
+        found.add("libtpu")
+    return sorted(found)
 
 
 def cpu_backend_expected(platforms: str | None = None) -> bool:

@@ -1,6 +1,7 @@
 """jkt.host_allocator: glibc keeps a freed large block mapped, so reusing it faults no pages."""
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -36,14 +37,16 @@ print(json.dumps({"line": line, "faults": faults}))
 """
 
 
-def _probe(mode: str, **env) -> dict:
-    import os
-
+def _environ(**env) -> dict:
+    """This process's environment without any malloc tuning, plus ``env``."""
     environ = {k: v for k, v in os.environ.items() if not (
         k.startswith("MALLOC_") or k in ("GLIBC_TUNABLES", "LD_PRELOAD", host_allocator.ENV))}
-    environ.update(env)
+    return {**environ, **env}
+
+
+def _probe(mode: str, **env) -> dict:
     out = subprocess.run([sys.executable, "-c", _PROBE, mode, host_allocator.__file__],
-                         env=environ, check=True,
+                         env=_environ(**env), check=True,
                          capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -95,15 +98,10 @@ def test_cpu_backend_expected_reads_the_platform_list_first():
 
 
 def _dispatch_after_configure_jax_cpu(**env) -> tuple[str, bool]:
-    import os
-
-    environ = {k: v for k, v in os.environ.items() if not (
-        k.startswith("MALLOC_") or k in ("GLIBC_TUNABLES", "LD_PRELOAD", host_allocator.ENV))}
-    environ.update(env)
     code = ("import json, jax\nfrom jkt import host_allocator\n"
             "line = host_allocator.configure_jax_cpu()\n"
             "print(json.dumps([line, jax.config.values['jax_cpu_enable_async_dispatch']]))")
-    out = subprocess.run([sys.executable, "-c", code], env=environ, check=True,
+    out = subprocess.run([sys.executable, "-c", code], env=_environ(**env), check=True,
                          capture_output=True, text=True).stdout
     return tuple(json.loads(out.strip().splitlines()[-1]))
 
