@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from experiments.configs import train_teacher as configs
 from jkt import cli
+from jkt.grids import teacher as teacher_lib
 from jkt.train import NonFiniteLossError
-from jkt.train import teacher as teacher_lib
 
 FLAGS = (
     *cli.data_flags(),

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
@@ -200,22 +202,26 @@ def parse(argv: Sequence[str] | None, configs: ModuleType, flags: Sequence[Flag]
     return cfg
 
 
-def main(cfg, run_fn: Callable[[Any], Any], errors: tuple[type[BaseException], ...] = ()):
+def main(cfg, run_fn: Callable[..., Any], errors: tuple[type[BaseException], ...] = ()):
     """Prepares ``cfg.workdir`` (:func:`jkt.workdir.prepare`: JAX setup, lock,
-    ``config.json``) and returns :func:`run` of ``run_fn``."""
+    ``config.json``) and returns :func:`run` of ``run_fn(cfg, stop=...)``, whose training
+    loops poll ``stop`` (set by the first Ctrl-C)."""
     from jkt import workdir
+
+    stop = threading.Event()
 
     def prepared(c):
         workdir.prepare(c)
-        return run_fn(c)
+        return run_fn(c, stop=stop.is_set)
 
-    return run(prepared, cfg, errors)
+    return run(prepared, cfg, errors, stop=stop)
 
 
 USAGE_ERRORS = (config_lib.ConfigError, ValueError, FileNotFoundError)
 
 
-def run(main: Callable[[Any], Any], cfg, errors: tuple[type[BaseException], ...] = ()) -> Any:
+def run(main: Callable[[Any], Any], cfg, errors: tuple[type[BaseException], ...] = (), *,
+        stop: threading.Event | None = None) -> Any:
     """Calls ``main(cfg)`` and turns the ways it can stop into one line on stderr:
 
     * settings that do not fit the data or the work directory (``ValueError``,
@@ -226,14 +232,20 @@ def run(main: Callable[[Any], Any], cfg, errors: tuple[type[BaseException], ...]
       cannot write ...`` naming the file or directory, the cause and the fix, exit status
       1; the process then ends without waiting on the checkpoint library's background
       threads, which a failed save may leave behind;
-    * Ctrl-C: the training loop stops at the next step, saves a checkpoint there and waits
-      for it (a second Ctrl-C stops at once); then ``interrupted`` and how to resume, exit
-      status 130. The process ends without waiting on background threads, which an
-      interrupted checkpoint library may leave behind.
+    * Ctrl-C: sets ``stop``, which the training loop polls: it stops at the next step,
+      saves a checkpoint there and waits for it (a second Ctrl-C stops at once); then
+      ``interrupted`` and how to resume, exit status 130. The process ends without waiting
+      on background threads, which an interrupted checkpoint library may leave behind.
+
+    While ``main`` runs, Orbax's logs and TensorStore's late callbacks of a failed
+    checkpoint write are silenced (:func:`quiet_background_write_failures`): the same
+    failure reaches ``main`` as one :class:`jkt.workdir.WriteError`.
     """
     from jkt import workdir
 
-    previous = _install_stop_handler()
+    stop = threading.Event() if stop is None else stop
+    previous = _install_stop_handler(stop)
+    loud = quiet_background_write_failures()
     try:
         return main(cfg)
     except KeyboardInterrupt:
@@ -248,30 +260,69 @@ def run(main: Callable[[Any], Any], cfg, errors: tuple[type[BaseException], ...]
         print(f"error: {_disk_message(e, cfg)}", file=sys.stderr)
         _exit_now(1)
     finally:
+        loud()
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
-            from jkt.train.loop import clear_stop
-
-            clear_stop()
 
 
-def _install_stop_handler():
-    """First Ctrl-C: :func:`jkt.train.loop.request_stop`; second: ``KeyboardInterrupt``.
-    Returns the previous handler (``None`` off the main thread, where none is set)."""
-    import threading
-
+def _install_stop_handler(stop: threading.Event):
+    """First Ctrl-C: sets ``stop``; second: ``KeyboardInterrupt``. Returns the previous
+    handler (``None`` off the main thread, where none is set)."""
     if threading.current_thread() is not threading.main_thread():
         return None
-    from jkt.train.loop import request_stop, stop_requested
 
     def handler(signum, frame):
-        if stop_requested():
+        if stop.is_set():
             raise KeyboardInterrupt
         print("stopping after the current step (Ctrl-C again to stop at once)",
               file=sys.stderr, flush=True)
-        request_stop()
+        stop.set()
 
     return signal.signal(signal.SIGINT, handler)
+
+
+class _BackgroundWriteNoise(logging.Filter):
+    """Drops Orbax's error logs (with tracebacks) of a failed write in its background
+    threads: the same failure reaches the caller of ``save``/``wait``/``close``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR or "orbax" not in record.pathname:
+            return True
+        exc = record.exc_info[1] if record.exc_info else None
+        return exc is None or not _write_noise(exc)
+
+
+def _write_noise(exc: BaseException) -> bool:
+    """A write failure, or what it leaves behind in Orbax's threads (an event loop or an
+    executor already shut down by the failed save)."""
+    from jkt import workdir
+
+    text = str(exc)
+    return (workdir.os_cause(exc) is not None or "Event loop is closed" in text
+            or "cannot schedule new futures after shutdown" in text)
+
+
+def quiet_background_write_failures() -> Callable[[], None]:
+    """Installs a filter of Orbax's background write-failure logs and an
+    unraisable-exception hook that drops what TensorStore's callbacks raise into the event
+    loop of a failed save after it closed (everything else passes to the previous hook).
+    Returns the function that removes both again."""
+    logger, noise = logging.getLogger("absl"), _BackgroundWriteNoise()
+    logger.addFilter(noise)
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if unraisable.exc_value is None or not _write_noise(unraisable.exc_value):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+
+    def undo():
+        logger.removeFilter(noise)
+        if sys.unraisablehook is hook:
+            sys.unraisablehook = previous
+
+    return undo
 
 
 def _exit_now(status: int):
@@ -315,4 +366,5 @@ def _fail(e: BaseException, status: int):
     raise SystemExit(status) from None
 
 
-__all__ = ["Flag", "build_parser", "data_flags", "main", "optim_flags", "parse", "run"]
+__all__ = ["Flag", "build_parser", "data_flags", "main", "optim_flags", "parse",
+           "quiet_background_write_failures", "run"]

@@ -5,7 +5,7 @@ the step, one block) with the C allocator at each call and frees it when the ste
 glibc serves a block above its mmap threshold (at most 32 MiB, however it is set) with a
 fresh ``mmap`` and returns it with ``munmap`` on ``free``: every step then faults its
 whole temporary block in again, one 4 KiB page at a time, and the kernel zeroes each page
-(README, Results: what that costs).
+(docs/results.md: what that costs).
 
 :func:`configure` makes glibc serve every block from its heap (``M_MMAP_MAX = 0``) and
 keep freed heap memory (``M_TRIM_THRESHOLD`` at its maximum, ``M_TOP_PAD`` 64 MiB), so

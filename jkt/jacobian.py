@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -94,6 +95,54 @@ def _pull_one(pull: Callable, zeros: dict, name: str, cotangent) -> jax.Array:
     return pull({**zeros, name: cotangent})
 
 
+class Pass(NamedTuple):
+    """One network evaluated once at the batch ``x`` ``(B, *D)``: what its Jacobians are
+    taken from (the one record of a network pass, for :mod:`jkt.penalties` and the loss
+    composer alike).
+
+    Attributes:
+      logits: ``(B, K)`` outputs whose Jacobian rows are matched or penalised (a two-head
+        student's source head).
+      pulls: ``{"logits": c -> (B, *D)[, "pooled": ...]}``, the pullbacks of this very pass
+        (:func:`output_pullbacks`); ``None`` when the pass was not differentiated.
+      logits_fn: ``z -> logits``, run again by the forward-mode (``jvp``) estimator.
+      target: ``(B, K_target)`` outputs scored against the labels (``logits`` for a
+        single-head network).
+      features: ``{tap: (B, H, W, C)}`` feature maps.
+      pooled: ``(B, H', W')`` pooled attention map whose pixel is differentiated, or
+        ``None``.
+      aux: passed through from the network (new batch statistics, NNX state, ...).
+    """
+
+    logits: jax.Array
+    pulls: dict[str, Callable] | None
+    logits_fn: Callable
+    target: jax.Array | None = None
+    features: dict | None = None
+    pooled: jax.Array | None = None
+    aux: Any = None
+
+    @property
+    def pull(self) -> Callable | None:
+        """``cotangent (B, K) -> (B, *D)``: the pullback of :attr:`logits`."""
+        return None if self.pulls is None else self.pulls["logits"]
+
+
+def run_once(forward: Callable, x: jax.Array, *, differentiate: bool) -> Pass:
+    """Runs ``forward: z -> (outputs, (target, features, aux))`` once at ``x``.
+
+    ``outputs`` is ``{"logits": (B, K)[, "pooled": (B, H', W')]}``; with ``differentiate``
+    every output gets its pullback, all sharing this one forward pass (:func:`pullback`).
+    """
+    if differentiate:
+        outs, pull, (target, features, aux) = pullback(forward, x, has_aux=True)
+        pulls = output_pullbacks(outs, pull)
+    else:
+        (outs, (target, features, aux)), pulls = forward(x), None
+    return Pass(outs["logits"], pulls, lambda z: forward(z)[0]["logits"], target, features,
+                outs.get("pooled"), aux)
+
+
 # Up to this many outputs, :func:`jacobian_rows` traces its pullbacks one by one on a CPU.
 UNROLL_MAX_OUTPUTS = 32
 
@@ -111,7 +160,7 @@ def jacobian_rows(pull: Callable, y: jax.Array, *, unroll: bool | None = None) -
     elsewhere. Mapped, the K cotangents are folded into the batch, and differentiating
     that again (a loss on ``J``) carries K copies of every activation through the
     second-order pass, which XLA:CPU runs slower and in more memory than K separate
-    pullbacks (README, Results); an accelerator runs the one batched pass well, and a
+    pullbacks (docs/results.md); an accelerator runs the one batched pass well, and a
     large K would make a long unrolled program.
     """
     b, k = y.shape

@@ -1,4 +1,5 @@
-"""Work-directory paths, local or in object storage (``gs://bucket/runs``).
+"""Paths, local or in object storage (``gs://bucket/runs``): data, work directories,
+teacher artifacts.
 
 A local path stays a :class:`pathlib.Path` (everything local behaves as it always did);
 a URI becomes an :class:`etils.epath.Path`, whose backend (``gcsfs`` or TensorFlow for
@@ -15,8 +16,57 @@ matter here, and the helpers hide both:
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
+
+from etils import epath
+
+URI_SCHEMES = ("gs", "s3", "az", "hf")  # the schemes etils.epath has backends for
+_BACKENDS = {"gs": "gcsfs (or tensorflow)", "s3": "s3fs", "az": "adlfs", "hf": "huggingface_hub"}
+
+
+def scheme(path: str | os.PathLike) -> str | None:
+    """``"gs"`` for ``gs://bucket/x``; ``None`` for a local path."""
+    head, sep, _ = os.fspath(path).partition("://")
+    return head if sep else None
+
+
+def as_path(value: str | os.PathLike) -> epath.Path:
+    """A data path as :class:`etils.epath.Path`; ``~`` is expanded for local paths only.
+
+    Raises:
+      ValueError: a URI scheme that :mod:`etils.epath` has no backend for.
+    """
+    text = os.fspath(value)
+    s = scheme(text)
+    if s is None:
+        return epath.Path(text).expanduser()
+    if s not in URI_SCHEMES:
+        supported = ", ".join(f"{u}://" for u in URI_SCHEMES)
+        raise ValueError(f"unsupported storage scheme {s}:// in {text!r}: use a local path "
+                         f"or one of {supported}")
+    return epath.Path(text)
+
+
+@contextlib.contextmanager
+def storage_errors(path) -> Iterator[None]:
+    """Turns a missing storage backend (``gs://`` without ``gcsfs``...) into one line."""
+    try:
+        yield
+    except (ImportError, NotImplementedError) as e:
+        s = scheme(path)
+        hint = f"; pip install {_BACKENDS[s]} to read {s}:// paths" if s in _BACKENDS else ""
+        raise ValueError(f"cannot read {path}: {' '.join(str(e).split()) or type(e).__name__}"
+                         f"{hint}") from e
+
+
+def absolute(path) -> epath.Path:
+    """An absolute local path, or a URI as it is (:func:`as_path`): where checkpoints and
+    teacher artifacts are read and written."""
+    s = os.fspath(path)
+    return as_path(s) if "://" in s else epath.Path(os.path.abspath(s))
 
 
 def is_uri(path) -> bool:
@@ -29,9 +79,7 @@ def as_dir(value) -> Path:
     for a URI. An unsupported scheme (``ftp://``) is a one-line ``ValueError``."""
     if not is_uri(value):
         return Path(value)
-    from jkt.data import cache as cache_lib
-
-    return cache_lib.as_path(os.fspath(value))
+    return as_path(os.fspath(value))
 
 
 def _write(path, data, method: str) -> Path:
@@ -93,4 +141,5 @@ def open_append(path):
     return _RewritingAppender(path) if is_uri(path) else path.open("a")
 
 
-__all__ = ["as_dir", "is_uri", "open_append", "write_bytes", "write_text"]
+__all__ = ["URI_SCHEMES", "absolute", "as_dir", "as_path", "is_uri", "open_append", "scheme",
+           "storage_errors", "write_bytes", "write_text"]

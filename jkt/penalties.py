@@ -14,8 +14,8 @@ cross-entropy needs no second forward pass. Every function here is pure and trac
 call it inside your ``jax.jit`` / ``jax.value_and_grad`` (Linen, plain functions) or
 ``nnx.jit`` / ``nnx.value_and_grad`` (NNX).
 
-The engine's loss composer (:func:`jkt.train.objective.compose_losses`) computes its
-``jac`` and ``jac_norm`` terms with the same core, :func:`jacobian_terms`.
+The engine's loss composer computes its ``jac`` and ``jac_norm`` terms with the same core,
+:func:`jacobian_terms`, on the same record of a network pass (:class:`jkt.jacobian.Pass`).
 
 Students (differentiated, whatever mode you call them in):
 
@@ -39,7 +39,8 @@ Teachers (frozen: no gradient reaches them; each runs forward once):
   apply options give; jkt models default to ``train=False``);
 - an ``nnx.Module``: a copy in ``.eval()`` mode runs (BatchNorm on running averages, no
   dropout); the module itself is not touched;
-- a ``jkt.checkpoint.Teacher`` artifact (inference mode). ``x`` is fed to it as is; pass
+- a teacher artifact, :class:`jkt.models.Teacher` (``jkt.checkpoint.restore_teacher``;
+  inference mode). ``x`` is fed to it as is; pass
   ``input_mean``/``input_std`` (the normalisation of ``x``) to renormalise ``x`` to the
   teacher's own statistics, as the engine does.
 
@@ -58,26 +59,12 @@ import jax.numpy as jnp
 
 from jkt import jacobian as jj
 from jkt import losses
+from jkt.data.transforms import renormalizer
+from jkt.models.teacher import Teacher
 
 ESTIMATORS = ("label", "top", "random", "rademacher", "sphere", "jvp", "full")
 KEYED_ESTIMATORS = ("random", "rademacher", "sphere", "jvp")
 PENALTY_TERMS = ("jac", "jac_norm")
-
-
-class Pass(NamedTuple):
-    """One network evaluated once at the batch ``x`` ``(B, *D)``.
-
-    Attributes:
-      logits: ``(B, K)``.
-      pull: ``cotangent (B, K) -> (B, *D)``, the pullback of this very pass
-        (:func:`jkt.jacobian.pullback`); ``None`` when the pass was not differentiated
-        (estimator ``jvp``).
-      logits_fn: ``z -> logits``, run again by the forward-mode (``jvp``) estimator.
-    """
-
-    logits: jax.Array
-    pull: Callable | None
-    logits_fn: Callable
 
 
 # Jacobian estimators: estimator -> (probe of the batch) -> (pass -> its Jacobian rows).
@@ -120,7 +107,7 @@ def reverse_mode(estimator: str) -> bool:
     return estimator != "jvp"
 
 
-def jacobian_terms(estimator: str, student: Pass, teacher: Pass | None, x: jax.Array,
+def jacobian_terms(estimator: str, student: jj.Pass, teacher: jj.Pass | None, x: jax.Array,
                    labels: jax.Array | None, key: jax.Array | None, *,
                    normalize: bool = False, match: bool = True,
                    norm: bool = False) -> dict[str, jax.Array]:
@@ -220,7 +207,7 @@ def jacobian_penalties(
         for the paper's experiments).
       labels: ``(B,)`` integer labels; needed by estimator ``label`` only.
       teacher: frozen teacher (function, :class:`Linen`, ``nnx.Module`` or
-        ``jkt.checkpoint.Teacher``) with logits of the student's shape; needed by
+        :class:`jkt.models.Teacher`) with logits of the student's shape; needed by
         ``"jac"``.
       estimator: which rows are matched: ``label`` (true-label row, paper default),
         ``top`` (teacher's top row; the student's without a teacher), ``random`` /
@@ -233,7 +220,7 @@ def jacobian_penalties(
         ``("jac_norm",)`` without.
       has_aux: ``student`` is a function returning ``(logits, aux)``.
       input_mean, input_std: the normalisation of ``x``, to renormalise it for a
-        ``jkt.checkpoint.Teacher`` (per channel, last axis).
+        :class:`jkt.models.Teacher` (per channel, last axis).
     Returns:
       :class:`Penalties`: ``terms`` (batch means), ``logits``, ``teacher_logits``, ``aux``.
     Raises:
@@ -244,11 +231,11 @@ def jacobian_penalties(
     terms = _check_request(estimator, terms, teacher, x, labels, key)
     reverse = reverse_mode(estimator)
     forward, finish = _student_forward(student, has_aux)
-    s, aux = _run(forward, x, differentiate=reverse, who="student")
+    s = _run(forward, x, differentiate=reverse, who="student")
     t = None
     if teacher is not None:
         t_forward = _teacher_forward(teacher, input_mean, input_std)
-        t, _ = _run(t_forward, x, differentiate=reverse and "jac" in terms, who="teacher")
+        t = _run(t_forward, x, differentiate=reverse and "jac" in terms, who="teacher")
         t = t._replace(logits=jax.lax.stop_gradient(t.logits))
         if t.logits.shape != s.logits.shape:
             raise ValueError(
@@ -261,7 +248,7 @@ def jacobian_penalties(
                                  match="jac" in terms, norm="jac_norm" in terms)
     return Penalties(terms={k: jnp.mean(v) for k, v in per_example.items()},
                      logits=s.logits, teacher_logits=None if t is None else t.logits,
-                     aux=finish(aux))
+                     aux=finish(s.aux))
 
 
 def _check_request(estimator, terms, teacher, x, labels, key) -> tuple[str, ...]:
@@ -310,14 +297,16 @@ def _check_logits(who: str, logits, x) -> None:
                          f"logits (B, K) = ({x.shape[0]}, K), got {shape}")
 
 
-def _run(forward: Callable, x: jax.Array, *, differentiate: bool, who: str):
-    """``(Pass, aux)`` of ``forward: z -> (logits, aux)`` run once at ``x``."""
-    if differentiate:
-        logits, pull, aux = jj.pullback(forward, x, has_aux=True)
-    else:
-        (logits, aux), pull = forward(x), None
-    _check_logits(who, logits, x)
-    return Pass(logits, pull, lambda z: forward(z)[0]), aux
+def _run(forward: Callable, x: jax.Array, *, differentiate: bool, who: str) -> jj.Pass:
+    """The :class:`jkt.jacobian.Pass` of ``forward: z -> (logits, aux)`` run once at ``x``."""
+
+    def outputs(z):
+        logits, aux = forward(z)
+        return {"logits": logits}, (logits, None, aux)
+
+    p = jj.run_once(outputs, x, differentiate=differentiate)
+    _check_logits(who, p.logits, x)
+    return p
 
 
 def _is_nnx(model) -> bool:
@@ -360,8 +349,6 @@ def _nnx_forward(module) -> tuple[Callable, Callable]:
 
 def _teacher_forward(teacher, input_mean, input_std) -> Callable:
     """``z -> (logits, None)`` of a frozen teacher of any kind."""
-    from jkt.checkpoint import Teacher
-
     if isinstance(teacher, Teacher):
         fn = _artifact_fn(teacher, input_mean, input_std)
     elif _is_nnx(teacher):
@@ -384,10 +371,7 @@ def _artifact_fn(teacher, input_mean, input_std) -> Callable:
         raise ValueError("jacobian_penalties: give both input_mean and input_std, or neither")
     if input_mean is None:
         return teacher.apply
-    from jkt.train.step import teacher_renormalizer
-
-    to_teacher = teacher_renormalizer(input_mean, input_std, teacher.meta.mean,
-                                      teacher.meta.std)
+    to_teacher = renormalizer(input_mean, input_std, teacher.meta.mean, teacher.meta.std)
     return lambda z: teacher.apply(to_teacher(z))
 
 
@@ -412,5 +396,5 @@ def _refuse_tuple(model, who: str) -> None:
                         f"**apply_kwargs)")
 
 
-__all__ = ["ESTIMATORS", "ESTIMATOR_ROWS", "KEYED_ESTIMATORS", "Linen", "PENALTY_TERMS", "Pass",
+__all__ = ["ESTIMATORS", "ESTIMATOR_ROWS", "KEYED_ESTIMATORS", "Linen", "PENALTY_TERMS",
            "Penalties", "jacobian_penalties", "jacobian_terms", "reverse_mode"]

@@ -294,9 +294,7 @@ def _check_not_a_file(out: Path) -> None:
     """``ValueError`` if ``out`` or a parent of it is an existing file (a mistyped
     ``--workdir``/``--out``): a bad setting, not a disk failure."""
     if paths.is_uri(out):
-        from jkt.data import cache as cache_lib
-
-        with cache_lib.storage_errors(out):  # gs:// without its backend: what to install
+        with paths.storage_errors(out):  # gs:// without its backend: what to install
             is_file = out.exists() and not out.is_dir()
         if is_file:
             raise ValueError(f"work directory {out} is a file, not a directory; use another "

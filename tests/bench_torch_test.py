@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from jkt import models
-from jkt.train import Objective, make_train_step
+from jkt.train import Objective, Optimizer, make_train_step
+from jkt.train.fused import weight_matrix
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
@@ -23,19 +24,18 @@ MEAN, STD = (0.5, 0.45, 0.4), (0.25, 0.25, 0.3)
 
 def _jkt_terms(objective, student, s_vars, teacher, t_vars, images, labels):
     """jkt's own train step (no augmentation) on one batch: the pre-update loss terms."""
-    import optax
-
     from jkt.train import TrainState
 
-    tx = optax.adam(1e-3)  # the state is built eagerly: only the step is compiled
+    adam = Optimizer("adam")  # the state is built eagerly: only the step is compiled
     state = TrainState(step=jnp.zeros((), jnp.int32), params=s_vars["params"],
-                       batch_stats=s_vars["batch_stats"], opt_state=tx.init(s_vars["params"]),
-                       rng=jax.random.key_data(jax.random.key(0)), tx=tx)
-    step = make_train_step(student, objective, mean=MEAN, std=STD, augment=False,
+                       batch_stats=s_vars["batch_stats"], opt_state=adam.init(s_vars["params"]),
+                       rng=jax.random.key_data(jax.random.key(0)))
+    step = make_train_step(student, [objective], adam, mean=MEAN, std=STD, augment=False,
                            teacher_model=teacher)
     batch = {"image": images, "label": labels}
-    _, metrics = jax.jit(step, compiler_options=FAST)(state, batch, t_vars)
-    return {k: float(v) for k, v in metrics.items()}
+    _, metrics = jax.jit(step, compiler_options=FAST)(state, batch, t_vars, np.float32(1e-3),
+                                                       weight_matrix([objective]))
+    return {k: float(v[0]) for k, v in metrics.items()}
 
 
 @pytest.mark.skipif(not HAS_TORCH, reason="torch not installed")

@@ -20,6 +20,7 @@ import pytest
 from train_fixtures import one_line
 
 from jkt import checkpoint, models
+from jkt.checkpoint import integrity
 
 STEPS = (1, 2, 3)
 
@@ -238,13 +239,13 @@ def test_reserved_meta_key(tmp_path):
 
 def test_checksum_names_changed_arrays():
     tree = {"a": np.arange(4.0), "b": {"c": np.ones(3, np.int32)}}
-    record = checkpoint._checksum(tree)
-    assert checkpoint._mismatch(record, tree) is None
+    record = integrity.checksum(tree)
+    assert integrity.mismatch(record, tree) is None
     changed = {"a": np.arange(4.0), "b": {"c": np.array([1, 1, 2], np.int32)}}
-    assert checkpoint._mismatch(record, changed) == "checksum mismatch in b/c"
+    assert integrity.mismatch(record, changed) == "checksum mismatch in b/c"
     # dtype and shape are part of the checksum, not just the bytes.
-    assert checkpoint._mismatch(record, {**tree, "a": np.arange(4.0).reshape(2, 2)})
-    assert checkpoint._mismatch(record, {**tree, "a": np.arange(4.0).view(np.int64)})
+    assert integrity.mismatch(record, {**tree, "a": np.arange(4.0).reshape(2, 2)})
+    assert integrity.mismatch(record, {**tree, "a": np.arange(4.0).view(np.int64)})
 
 
 # ---------------------------------------------------------------------------------------

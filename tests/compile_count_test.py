@@ -75,6 +75,7 @@ def teacher_grid(request, tmp_path_factory):
     return grid, mesh
 
 
+@pytest.mark.slow
 def test_distill_grid_compiles_one_step_per_structure(teacher_grid, tmp_path):
     """Methods ``ce`` and ``ce+jac`` (two fusion groups, so two step structures) × n ∈ {1, 2}
     × 2 seeds: eight runs with different schedules (epochs, not a step cap, set the
@@ -87,11 +88,12 @@ def test_distill_grid_compiles_one_step_per_structure(teacher_grid, tmp_path):
     assert len(rows) == 8 and {r["fused_runs"] for r in rows} == {1}
     assert len({r["steps"] for r in rows}) == 2  # n=1: 4 steps, n=2: 6 steps
     names = dict(counter.names)
-    assert names.get("scheduled_train_step") == 2, names
+    assert names.get("train_step") == 2, names
     assert names.get("eval_step") == 1, names
     assert names.get("init") == 1, names
 
 
+@pytest.mark.slow
 def test_without_a_shared_cache_each_run_compiles(teacher_grid, tmp_path, monkeypatch):
     """The old behaviour (a fresh cache per call) compiles the step of every run: the
     count above measures the cache, not the grid's shape."""
@@ -105,9 +107,10 @@ def test_without_a_shared_cache_each_run_compiles(teacher_grid, tmp_path, monkey
     with CompileCounter() as counter:
         distill_grid.run(grid(tmp_path, methods=("ce",), n_per_class=(1, 2), seeds=(0,)),
                          mesh=mesh)
-    assert counter.names["scheduled_train_step"] == 2
+    assert counter.names["train_step"] == 2
 
 
+@pytest.mark.slow
 def test_table2_lambda_rows_share_one_train_step(folder, tmp_path):  # noqa: F811 (fixture)
     """Table 2's λ rows differ only in the Jacobian-norm weight, which the cached step takes
     as an argument: three λ compile one train step, and the rows share one eval step and
@@ -124,7 +127,7 @@ def test_table2_lambda_rows_share_one_train_step(folder, tmp_path):  # noqa: F81
         rows = robustness.run(p, mesh=parallel.make_mesh(jax.devices()[:1]))
     names = dict(counter.names)
     assert sorted({r["model"] for r in rows}) == ["lambda=0.1", "lambda=1", "lambda=10"]
-    assert names.get("scheduled_train_step") == 1, names
+    assert names.get("train_step") == 1, names
     assert names.get("eval_step") == 1, names
     assert names.get("fn") == 1, names  # make_grad_norm_fn's jitted function
     losses = {r["model"]: (r["final_loss"], r["final_ce"], r["final_jac_norm"]) for r in rows}

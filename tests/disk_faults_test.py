@@ -24,6 +24,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from child_env import child_env
 
 from jkt import checkpoint, cli, workdir
 
@@ -33,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DRIVER = r'''
 import os, resource, runpy, signal, sys
 from jkt import checkpoint
-from jkt.train import loop
+from jkt.train import metrics, results
 
 fault, argv = sys.argv[1], sys.argv[2:]
 opened = []
@@ -67,9 +68,9 @@ def save(self, step, *a, **k):  # the fault after the first save is written
 
 checkpoint.TrainCheckpointer.__init__, checkpoint.TrainCheckpointer.save = init, save
 if fault == "metrics":
-    before(loop._MetricLog, "write", disk_full)
+    before(metrics.MetricLog, "write", disk_full)
 elif fault == "result":
-    before(loop, "write_file", disk_full)
+    before(results, "write_file", disk_full)
 elif fault == "artifact":
     before(checkpoint, "save_teacher", disk_full)
 sys.argv = ["train_teacher", *argv]
@@ -85,7 +86,7 @@ TEACHER = ["--dataset", "digits", "--arch", "vgg4", "--width-multiplier", "0.062
 def env(tmp_path_factory):
     """One CPU device and a compilation cache shared by this module's runs."""
     cache = tmp_path_factory.mktemp("jax_cache")
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = child_env()
     env.update(PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
                JAX_COMPILATION_CACHE_DIR=str(cache),
                JKT_CACHE=str(tmp_path_factory.mktemp("data_cache")))
@@ -139,6 +140,7 @@ def full_during_save(tmp_path_factory, env):
     return work, _teacher(work, env, "checkpoint-full")
 
 
+@pytest.mark.slow
 def test_full_disk_during_a_checkpoint_save(full_during_save):
     work, out = full_during_save
     ckpts = work / "run" / "checkpoints"
@@ -319,8 +321,9 @@ def test_cli_reports_a_disk_error_in_one_line_and_ends_at_once(error, line, caps
 
 
 def test_orbax_background_tracebacks_of_a_failed_write_are_silenced():
-    checkpoint._quiet_background_failures()
-    noise = checkpoint._NOISE_FILTER
+    undo = cli.quiet_background_write_failures()
+    (noise,) = [f for f in logging.getLogger("absl").filters
+                if isinstance(f, cli._BackgroundWriteNoise)]
 
     def record(exc, path="/site-packages/orbax/checkpoint/_src/futures/future.py"):
         r = logging.LogRecord("absl", logging.ERROR, path, 1, "thread failed", (), None)
@@ -332,3 +335,5 @@ def test_orbax_background_tracebacks_of_a_failed_write_are_silenced():
     assert not noise.filter(record(RuntimeError("cannot schedule new futures after shutdown")))
     assert noise.filter(record(ValueError("a bug, not a disk")))
     assert noise.filter(record(OSError(errno.ENOSPC, ENOSPC_TEXT), path="/mine.py"))
+    undo()
+    assert noise not in logging.getLogger("absl").filters

@@ -1,4 +1,4 @@
-"""Tests for jkt.train.fused and ``train_and_evaluate_fused``: fused runs equal separate
+"""Tests for jkt.train.fused and fused runs of ``train_and_evaluate``: fused runs equal separate
 runs, the teacher is computed once per step, resume and errors."""
 
 import json
@@ -7,18 +7,16 @@ import re
 import chex
 import jax
 import numpy as np
-import optax
 import pytest
 
 from jkt import parallel
 from jkt.data.batches import BatchStream, make_batch
 from jkt.data.types import Split
 from jkt.models import VGG
-from jkt.train import fused, loop, optim
+from jkt.train import fused, loop, optim, step
 from jkt.train.methods import TABLE1_METHODS, method_objective
 from jkt.train.objective import Objective
 from jkt.train.state import create_train_state
-from jkt.train.step import make_train_step
 
 IMAGE_SHAPE = (16, 16, 3)
 K = 4
@@ -44,6 +42,17 @@ def _host(tree):
     return jax.tree.map(np.asarray, jax.device_get(tree))
 
 
+ADAM = optim.Optimizer("adam")
+RATE = np.float32(1e-2)
+
+
+def _step(model, objectives, **kw):
+    """The train step of ``objectives``' runs with the rate and their weights bound."""
+    train_step = step.make_train_step(model, objectives, ADAM, mean=MEAN, std=STD, **kw)
+    weights = fused.weight_matrix(objectives)
+    return lambda states, batch, tv: train_step(states, batch, tv, RATE, weights)
+
+
 @pytest.fixture(scope="module")
 def teacher():
     model = _teacher_model()
@@ -53,29 +62,28 @@ def teacher():
 
 def _separate(objective, teacher, split, steps, mesh):
     t_model, t_vars = teacher
-    model, tx = _student(), optax.adam(1e-2)
-    step = jax.jit(make_train_step(model, objective, mean=MEAN, std=STD,
-                                   teacher_model=t_model if objective.needs_teacher else None))
-    state = create_train_state(model, tx, jax.random.key(0), IMAGE_SHAPE, mesh)
+    model = _student()
+    one = jax.jit(_step(model, [objective],
+                        teacher_model=t_model if objective.needs_teacher else None))
+    state = create_train_state(model, ADAM, jax.random.key(0), IMAGE_SHAPE, mesh)
     stream = BatchStream(len(split), BATCH, seed=3)
     metrics = []
     for i in range(steps):
-        state, m = step(state, make_batch(split, stream.indices(i), mesh), t_vars)
-        metrics.append(_host(m))
+        state, m = one(state, make_batch(split, stream.indices(i), mesh), t_vars)
+        metrics.append(_host(jax.tree.map(lambda v: v[0], m)))
     return _host(state.params), metrics
 
 
 def _fused(objectives, teacher, split, steps, mesh, mode):
     t_model, t_vars = teacher
-    model, tx = _student(), optax.adam(1e-2)
-    step = jax.jit(fused.make_fused_train_step(model, objectives, mean=MEAN, std=STD,
-                                               teacher_model=t_model, mode=mode))
-    one = create_train_state(model, tx, jax.random.key(0), IMAGE_SHAPE, mesh)
+    model = _student()
+    group = jax.jit(_step(model, objectives, teacher_model=t_model, mode=mode))
+    one = create_train_state(model, ADAM, jax.random.key(0), IMAGE_SHAPE, mesh)
     states = fused.pack_states([one] * len(objectives))
     stream = BatchStream(len(split), BATCH, seed=3)
     metrics = []
     for i in range(steps):
-        states, m = step(states, make_batch(split, stream.indices(i), mesh), t_vars)
+        states, m = group(states, make_batch(split, stream.indices(i), mesh), t_vars)
         metrics.append(_host(m))
     return states, metrics
 
@@ -117,15 +125,14 @@ def _count_convolutions(objectives, teacher, mode):
     form (``conv_impl="xla"``; the CPU default computes them as matrix products)."""
     t_model, t_vars = teacher
     t_model = t_model.clone(conv_impl="xla")
-    model, tx = _student().clone(conv_impl="xla"), optax.adam(1e-2)
+    model = _student().clone(conv_impl="xla")
     mesh = parallel.make_mesh(jax.devices()[:1])
-    one = create_train_state(model, tx, jax.random.key(0), IMAGE_SHAPE, mesh)
+    one = create_train_state(model, ADAM, jax.random.key(0), IMAGE_SHAPE, mesh)
     states = fused.pack_states([one] * len(objectives))
     split = _split(BATCH)
-    step = fused.make_fused_train_step(model, objectives, mean=MEAN, std=STD,
-                                       teacher_model=t_model, mode=mode)
-    hlo = jax.jit(step).lower(states, make_batch(split, np.arange(BATCH), mesh),
-                              t_vars).compile().as_text()
+    group = _step(model, objectives, teacher_model=t_model, mode=mode)
+    hlo = jax.jit(group).lower(states, make_batch(split, np.arange(BATCH), mesh),
+                               t_vars).compile().as_text()
     return len(re.findall(r"\bconvolution\(", hlo))
 
 
@@ -170,22 +177,22 @@ def test_fusion_errors_are_clear(teacher):
                                method_objective("ce+jac", estimator="top")])
     mixed = [method_objective("ce+jac"), method_objective("act+jac", estimator="top")]
     with pytest.raises(ValueError, match="must share \\['estimator'\\]"):
-        fused.make_fused_train_step(_student(), mixed, mean=MEAN, std=STD,
-                                    teacher_model=teacher[0], mode="vmap")
+        step.make_train_step(_student(), mixed, ADAM, mean=MEAN, std=STD,
+                             teacher_model=teacher[0], mode="vmap")
     assert fused.union_objective(mixed, mixed_estimators=True).estimator == "label"
     with pytest.raises(ValueError, match="no objectives"):
         fused.union_objective([])
     with pytest.raises(ValueError, match="unknown fusion mode 'pmap'"):
-        fused.make_fused_train_step(_student(), [Objective()], mean=MEAN, std=STD, mode="pmap")
+        step.make_train_step(_student(), [Objective()], ADAM, mean=MEAN, std=STD, mode="pmap")
     mesh = parallel.make_mesh(jax.devices()[:1])
-    states = [create_train_state(_student(), optax.adam(1e-3), jax.random.key(0), IMAGE_SHAPE,
-                                 mesh) for _ in range(2)]
+    states = [create_train_state(_student(), o, jax.random.key(0), IMAGE_SHAPE, mesh)
+              for o in (ADAM, optim.Optimizer("sgd"))]
     with pytest.raises(ValueError, match="share one optimiser"):
         fused.stack_states(states)
-    step = fused.make_fused_train_step(_student(), [Objective()] * 3, mean=MEAN, std=STD)
+    three = _step(_student(), [Objective()] * 3)
     with pytest.raises(ValueError, match="built for 3 runs"):
-        step(fused.stack_states([states[0]] * 2), make_batch(_split(BATCH), np.arange(BATCH),
-                                                             mesh), None)
+        three(fused.stack_states([states[0]] * 2), make_batch(_split(BATCH), np.arange(BATCH),
+                                                              mesh), None)
 
 
 # ---------------------------------------------------------------------------------------
@@ -221,7 +228,7 @@ def _cfg(method):
 
 
 def _run_fused(workdir, teacher, train, mesh):
-    return loop.train_and_evaluate_fused(
+    return loop.train_and_evaluate(
         [_cfg(m) for m in LOOP_METHODS], train, {"val": _split(12, seed=9)}, num_classes=K,
         mean=MEAN, std=STD, workdirs=[workdir / m for m in LOOP_METHODS],
         teacher=_teacher_artifact(teacher), mesh=mesh, descs=list(LOOP_METHODS))
@@ -233,8 +240,8 @@ def test_fused_loop_equals_separate_loop_and_resumes(tiny_models, monkeypatch, t
     mesh = parallel.make_mesh(jax.devices()[:2])
     train = _split(20)
     separate = {m: loop.train_and_evaluate(
-        _cfg(m), train, {"val": _split(12, seed=9)}, num_classes=K, mean=MEAN, std=STD,
-        workdir=tmp_path / "separate" / m, teacher=_teacher_artifact(teacher), mesh=mesh)
+        [_cfg(m)], train, {"val": _split(12, seed=9)}, num_classes=K, mean=MEAN, std=STD,
+        workdirs=[tmp_path / "separate" / m], teacher=_teacher_artifact(teacher), mesh=mesh)[0]
         for m in LOOP_METHODS}
     reference = _run_fused(tmp_path / "fused", teacher, train, mesh)
     for m, res in zip(LOOP_METHODS, reference, strict=True):
@@ -278,8 +285,8 @@ def test_fused_loop_equals_separate_loop_and_resumes(tiny_models, monkeypatch, t
 def test_fused_loop_rejects_runs_that_differ_beyond_the_objective(tmp_path):
     cfgs = [_cfg("ce+act"), loop.TrainConfig(objective=method_objective("act"), seed=1)]
     with pytest.raises(ValueError, match="differ only in their objective"):
-        loop.train_and_evaluate_fused(cfgs, _split(8), {}, num_classes=K, mean=MEAN, std=STD,
-                                      workdirs=[tmp_path / "a", tmp_path / "b"])
+        loop.train_and_evaluate(cfgs, _split(8), {}, num_classes=K, mean=MEAN, std=STD,
+                                workdirs=[tmp_path / "a", tmp_path / "b"])
 
 
 @pytest.mark.slow
@@ -300,16 +307,16 @@ def test_runs_checkpointed_at_different_steps_are_trained_one_by_one(
     with monkeypatch.context() as m:
         m.setattr(loop, "make_batch", make_batch_then_die)
         with pytest.raises(_Killed):
-            loop.train_and_evaluate(_cfg("act"), train, {"val": _split(12, seed=9)},
+            loop.train_and_evaluate([_cfg("act")], train, {"val": _split(12, seed=9)},
                                     num_classes=K, mean=MEAN, std=STD,
-                                    workdir=tmp_path / "act", teacher=_teacher_artifact(teacher),
-                                    mesh=mesh)
+                                    workdirs=[tmp_path / "act"],
+                                    teacher=_teacher_artifact(teacher), mesh=mesh)
     wait_for_saves(tmp_path / "act" / "checkpoints")
     fused_calls = []
-    real_fused = fused.make_fused_train_step
-    monkeypatch.setattr(fused, "make_fused_train_step",
-                        lambda model, objectives, **k: fused_calls.append(len(objectives))
-                        or real_fused(model, objectives, **k))
+    real_step = step.make_train_step
+    monkeypatch.setattr(step, "make_train_step",
+                        lambda model, objectives, *a, **k: fused_calls.append(len(objectives))
+                        or real_step(model, objectives, *a, **k))
     results = _run_fused(tmp_path, teacher, train, mesh)
     # No step fusing the two runs was built: each trained alone (a fused step of one run).
     assert fused_calls == [1, 1]

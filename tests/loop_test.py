@@ -23,10 +23,10 @@ from train_fixtures import (  # noqa: F401  (fixtures)
 
 from jkt import parallel
 from jkt.data.batches import BatchStream, make_batch
-from jkt.train import fused, loop, optim
+from jkt.train import fused, loop, optim, step
 from jkt.train.objective import Objective
+from jkt.train.results import RESULT_FILE
 from jkt.train.state import create_train_state
-from jkt.train.step import make_train_step
 
 
 def _loop_cfg(**kw) -> loop.TrainConfig:
@@ -37,9 +37,9 @@ def _loop_cfg(**kw) -> loop.TrainConfig:
 
 
 def _run(cfg, workdir, mesh, train):
-    return loop.train_and_evaluate(cfg, train, {"val": make_split(12, seed=9)},
+    return loop.train_and_evaluate([cfg], train, {"val": make_split(12, seed=9)},
                                    num_classes=NUM_CLASSES, mean=MEAN, std=STD,
-                                   workdir=workdir, mesh=mesh)
+                                   workdirs=[workdir], mesh=mesh)[0]
 
 
 def _tiny_loop_model(monkeypatch):
@@ -57,13 +57,13 @@ def nan_run(split, tmp_path_factory):
     """A loop run whose step 3 (0-based) makes the ``ce`` term and the parameters NaN."""
     workdir = tmp_path_factory.mktemp("nan_run")
     mesh = parallel.make_mesh(jax.devices()[:2])
-    real = fused.make_fused_train_step
+    real = step.make_train_step
 
     def make_bad_step(*args, **kwargs):
-        step = real(*args, **kwargs)
+        good_step = real(*args, **kwargs)
 
-        def bad_step(state, batch, teacher_variables, *weights):
-            new, metrics = step(state, batch, teacher_variables, *weights)
+        def bad_step(state, batch, teacher_variables, learning_rate, weights):
+            new, metrics = good_step(state, batch, teacher_variables, learning_rate, weights)
             bad = state.step == 3
             metrics = {**metrics, "ce": jnp.where(bad, jnp.nan, metrics["ce"])}
             params = jax.tree.map(lambda p: jnp.where(bad, jnp.nan, p), new.params)
@@ -73,7 +73,7 @@ def nan_run(split, tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as m:
         _tiny_loop_model(m)
-        m.setattr(fused, "make_fused_train_step", make_bad_step)
+        m.setattr(step, "make_train_step", make_bad_step)
         with pytest.raises(loop.NonFiniteLossError) as excinfo:
             _run(_loop_cfg(log_every=100), workdir, mesh, split)
     return workdir, mesh, excinfo
@@ -82,7 +82,7 @@ def nan_run(split, tmp_path_factory):
 def test_nan_loss_raises_naming_step_and_term(nan_run):
     workdir, _, excinfo = nan_run
     assert one_line(excinfo) == "non-finite loss at step 3: ce=nan"
-    assert not (workdir / loop.RESULT_FILE).exists()
+    assert not (workdir / RESULT_FILE).exists()
     for line in (workdir / "metrics.jsonl").read_text().splitlines():
         assert all(np.isfinite(v) for v in json.loads(line).values())
 
@@ -97,8 +97,8 @@ def test_nan_loss_leaves_last_checkpoint_finite(nan_run, wait_for_saves):
     wait_for_saves(workdir / "checkpoints")
     with TrainCheckpointer(workdir / "checkpoints") as ckpt:
         latest = ckpt.latest_step()
-        tx = optim.make_optimizer(_loop_cfg().optim, 1)
-        target = create_train_state(tiny(), tx, jax.random.key(0), IMAGE_SHAPE, mesh)
+        target = create_train_state(tiny(), optim.Optimizer.of(_loop_cfg().optim),
+                                    jax.random.key(0), IMAGE_SHAPE, mesh)
         restored, _ = ckpt.restore(target)
     assert latest <= 3, f"checkpoint {latest} was written from the non-finite step"
     chex.assert_tree_all_finite(restored.params)
@@ -123,26 +123,31 @@ def test_loop_fetches_metrics_once_per_log_window_not_per_step(tiny_loop, monkey
     assert fetched == [4, 2, 2, 4]
 
 
-def test_single_run_equals_make_train_step(tiny_loop, tmp_path, split):
-    """A single run goes through the fused step with R = 1; its parameters equal those of
-    the jitted :func:`make_train_step` on the same seed and batches. Augmentation, dropout
-    and a random estimator probe all draw from the run's key."""
+def test_single_run_equals_the_step_with_optax_schedule_inside(tiny_loop, tmp_path, split):
+    """A run of the loop, whose host evaluates optax's schedule and passes each step's
+    rate, equals the train step called directly with that schedule evaluated inside the
+    program at the state's step, bit for bit. The run's schedule decays mid-run;
+    augmentation, dropout and a random estimator probe all draw from the run's key."""
     cfg = _loop_cfg(objective=Objective(ce=1, jac_norm=1, estimator="random"), max_steps=3,
-                    model_options={"dropout": 0.5}, checkpoint_every=100, seed=3)
+                    model_options={"dropout": 0.5}, checkpoint_every=100, seed=3,
+                    optim=optim.OptimConfig(batch_size=8, epochs=1, decay_epochs=(0.5,)))
     mesh = parallel.make_mesh(jax.devices()[:2])
     _run(cfg, tmp_path / "run", mesh, split)
     _, got = loop.final_variables(tmp_path / "run", cfg, NUM_CLASSES, IMAGE_SHAPE, mesh)
 
     model, rep = tiny(NUM_CLASSES, dropout=0.5), parallel.replicated(mesh)
     stream = BatchStream(len(split), cfg.optim.batch_size, seed=cfg.seed)
-    tx = optim.make_optimizer(cfg.optim, stream.steps_per_epoch, 3)
-    state = create_train_state(model, tx, jax.random.key(cfg.seed), IMAGE_SHAPE, mesh)
-    step = jax.jit(make_train_step(model, cfg.objective, mean=MEAN, std=STD),
-                   donate_argnums=0, out_shardings=(rep, rep))
+    schedule = optim.learning_rate_schedule(cfg.optim, stream.steps_per_epoch, 3)
+    assert schedule(1) != schedule(2)  # the decay falls inside the run
+    optimizer = optim.Optimizer.of(cfg.optim)
+    state = create_train_state(model, optimizer, jax.random.key(cfg.seed), IMAGE_SHAPE, mesh)
+    train_step = step.make_train_step(model, [cfg.objective], optimizer, mean=MEAN, std=STD)
+    weights = fused.weight_matrix([cfg.objective])
+    jitted = jax.jit(lambda s, b: train_step(s, b, None, schedule(s.step), weights),
+                     donate_argnums=0, out_shardings=(rep, rep))
     for i in range(3):
-        state, _ = step(state, make_batch(split, stream.indices(i), mesh), None)
+        state, _ = jitted(state, make_batch(split, stream.indices(i), mesh))
     want = {"params": state.params, "batch_stats": state.batch_stats}
-    # Same keys, maths and program (one run's state is not stacked): bit for bit.
     chex.assert_trees_all_equal(host(got), host(want))
 
 
@@ -184,7 +189,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tiny_loop, monkeypatch, tmp
         m.setattr(loop, "make_batch", make_batch_then_die)
         with pytest.raises(_Killed):
             _run(cfg, workdir, mesh, train)
-    assert not (workdir / loop.RESULT_FILE).exists()
+    assert not (workdir / RESULT_FILE).exists()
     wait_for_saves(workdir / "checkpoints")
 
     resumed = _run(cfg, workdir, mesh, train)

@@ -57,14 +57,12 @@ def run_steps(mesh):
     each batch.
     """
     import jax
-    import optax
 
     from jkt import parallel
     from jkt.data.batches import BatchStream, make_batch
     from jkt.models import VGG
-    from jkt.train.objective import Objective
-    from jkt.train.state import create_train_state
-    from jkt.train.step import make_train_step
+    from jkt.train import Objective, Optimizer, StepCache, create_train_state
+    from jkt.train.fused import weight_matrix
 
     split = tiny_split()
     student = VGG(config=(8, "M"), num_classes=NUM_CLASSES)
@@ -74,11 +72,15 @@ def run_steps(mesh):
     rep = parallel.replicated(mesh)
     t_vars = jax.device_put(t_vars, rep)  # as train_and_evaluate places the teacher
 
-    state = create_train_state(student, optax.adam(1e-2), jax.random.key(0), IMAGE_SHAPE, mesh)
+    adam = Optimizer("adam")
+    state = create_train_state(student, adam, jax.random.key(0), IMAGE_SHAPE, mesh)
     init_params = local_numpy(state.params)
-    step = make_train_step(student, Objective(ce=1, act=1, jac=1), mean=MEAN, std=STD,
-                           augment=True, teacher_model=teacher)
-    step = jax.jit(step, donate_argnums=0, out_shardings=(rep, rep))
+    objectives = [Objective(ce=1, act=1, jac=1)]
+    # The loop's step: jitted over the mesh, states replicated and donated.
+    step = StepCache().train_step(student, objectives, adam, mean=MEAN, std=STD,
+                                  augment="crop+flip", mode="unroll", mesh=mesh,
+                                  teacher_model=teacher)
+    rate, weights = jax.device_put((np.float32(1e-2), weight_matrix(objectives)), rep)
     stream = BatchStream(len(split), GLOBAL_BATCH, seed=3)
     metrics, rows = [], []
     for i in range(NUM_STEPS):
@@ -91,24 +93,21 @@ def run_steps(mesh):
         local = np.concatenate([np.asarray(s.data) for s in sorted(
             batch["label"].addressable_shards, key=lambda s: s.index[0].start or 0)])
         np.testing.assert_array_equal(local, split.labels[indices[rows_i]])
-        state, m = step(state, batch, t_vars)
-        metrics.append(local_numpy(m))
+        state, m = step(state, batch, t_vars, rate, weights)
+        metrics.append(local_numpy(jax.tree.map(lambda v: v[0], m)))
     return init_params, local_numpy(state.params), local_numpy(state.batch_stats), metrics, rows
 
 
 def run_fused_steps(mesh):
     """``NUM_STEPS`` fused steps of two runs (ce+act+jac, act+jac) sharing the batches, as
-    ``train_and_evaluate_fused`` builds them (stacking and unstacking global arrays).
-    Returns host copies of each run's final parameters."""
+    ``train_and_evaluate`` runs them (stacking and unstacking global arrays). Returns host
+    copies of each run's final parameters."""
     import jax
-    import optax
 
     from jkt import parallel
     from jkt.data.batches import BatchStream, make_batch
     from jkt.models import VGG
-    from jkt.train import fused
-    from jkt.train.objective import Objective
-    from jkt.train.state import create_train_state
+    from jkt.train import Objective, Optimizer, StepCache, create_train_state, fused
 
     split = tiny_split()
     student = VGG(config=(8, "M"), num_classes=NUM_CLASSES)
@@ -116,15 +115,18 @@ def run_fused_steps(mesh):
     t_vars = jax.jit(teacher.init)(jax.random.key(1), np.zeros((1, *IMAGE_SHAPE), np.float32))
     rep = parallel.replicated(mesh)
     t_vars = jax.device_put(t_vars, rep)
-    one = create_train_state(student, optax.adam(1e-2), jax.random.key(0), IMAGE_SHAPE, mesh)
+    adam = Optimizer("adam")
+    one = create_train_state(student, adam, jax.random.key(0), IMAGE_SHAPE, mesh)
     states = jax.device_put(fused.stack_states([one, one]), rep)
-    step = fused.make_fused_train_step(
-        student, [Objective(ce=1, act=1, jac=1), Objective(ce=0, act=1, jac=1)], mean=MEAN,
-        std=STD, augment=True, teacher_model=teacher)
-    step = jax.jit(step, donate_argnums=0, out_shardings=(rep, rep))
+    objectives = [Objective(ce=1, act=1, jac=1), Objective(ce=0, act=1, jac=1)]
+    step = StepCache().train_step(student, objectives, adam, mean=MEAN, std=STD,
+                                  augment="crop+flip", mode="unroll", mesh=mesh,
+                                  teacher_model=teacher)
+    rate, weights = jax.device_put((np.float32(1e-2), fused.weight_matrix(objectives)), rep)
     stream = BatchStream(len(split), GLOBAL_BATCH, seed=3)
     for i in range(NUM_STEPS):
-        states, _ = step(states, make_batch(split, stream.indices(i), mesh), t_vars)
+        states, _ = step(states, make_batch(split, stream.indices(i), mesh), t_vars, rate,
+                         weights)
     return [local_numpy(fused.unstack_state(states, r).params) for r in range(2)]
 
 

@@ -6,9 +6,9 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from train_fixtures import (  # noqa: F401  (fixtures)
+    ADAM,
     BATCH,
     FAST,
     IMAGE_SHAPE,
@@ -17,6 +17,7 @@ from train_fixtures import (  # noqa: F401  (fixtures)
     STD,
     host,
     one_line,
+    one_run_step,
     split_fixture,
     teacher_fixture,
     tiny,
@@ -28,7 +29,6 @@ from jkt.data.batches import make_batch
 from jkt.train.methods import METHODS, method_objective
 from jkt.train.objective import ESTIMATORS, Objective, compose_losses
 from jkt.train.state import create_train_state
-from jkt.train.step import make_train_step
 
 # ---------------------------------------------------------------------------------------
 # Every objective composes and decreases its total loss on a fixed batch.
@@ -48,13 +48,13 @@ OBJECTIVES = {
 def fixed_batch(split):
     mesh = parallel.make_mesh(jax.devices()[:1])
     model = tiny()
-    state = create_train_state(model, optax.adam(1e-3), jax.random.key(0), IMAGE_SHAPE, mesh)
+    state = create_train_state(model, ADAM, jax.random.key(0), IMAGE_SHAPE, mesh)
     return model, state, make_batch(split, np.arange(BATCH), mesh)
 
 
 def _fast_step(model, objective, teacher_model):
-    step = make_train_step(model, objective, mean=MEAN, std=STD, augment=False,
-                           teacher_model=teacher_model if objective.needs_teacher else None)
+    step = one_run_step(model, objective, augment=False,
+                        teacher_model=teacher_model if objective.needs_teacher else None)
     return jax.jit(step, compiler_options=FAST)
 
 

@@ -11,18 +11,17 @@ from pathlib import Path
 import chex
 import jax
 import numpy as np
-import optax
 import pytest
 from PIL import Image
 from train_fixtures import (  # noqa: F401  (fixtures)
+    ADAM,
     BATCH,
     FAST,
     IMAGE_SHAPE,
-    MEAN,
-    STD,
     host,
     make_split,
     one_line,
+    one_run_step,
     split_fixture,
     teacher_fixture,
     tiny,
@@ -41,7 +40,6 @@ from jkt.grids import transfer as transfer_grid
 from jkt.models.taps import auto_pairs
 from jkt.train import RunResult, TrainConfig
 from jkt.train.state import create_train_state
-from jkt.train.step import make_train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_TFDS = ROOT.parent / "shared" / "data" / "tfds"
@@ -148,7 +146,7 @@ def test_distill_grid_gives_each_run_its_subset_and_unused_validation(tmp_path, 
         return [RunResult({"test": 0.5, **({"val": 0.5} if len(evals["val"]) else {})},
                           {}, 1, 0.0) for _ in cfgs]
 
-    monkeypatch.setattr(distill_grid, "train_and_evaluate_fused", fake_train)
+    monkeypatch.setattr(distill_grid, "train_and_evaluate", fake_train)
     cfg = dataclasses.replace(
         distill_configs.get_config("paper"), workdir=str(tmp_path / "w"),
         data=DataConfig("toy", validation="unused", augment="none"), methods=("ce",),
@@ -228,14 +226,13 @@ def test_label_free_rows_compute_no_function_of_the_labels(split, teacher):
     assert objectives["ce+act+jac"].estimator == "label"
     mesh = parallel.make_mesh(jax.devices()[:1])
     model = tiny()
-    state = create_train_state(model, optax.adam(1e-3), jax.random.key(0), IMAGE_SHAPE, mesh)
+    state = create_train_state(model, ADAM, jax.random.key(0), IMAGE_SHAPE, mesh)
     batch = make_batch(split, np.arange(BATCH), mesh)
     other = dict(batch, label=(batch["label"] + 1) % 4)
     t_model, t_vars = teacher
     for name in ("act", "act+jac", "ce+act+jac"):
-        step = jax.jit(make_train_step(model, objectives[name], mean=MEAN, std=STD,
-                                       augment=False, teacher_model=t_model),
-                       compiler_options=FAST)
+        step = jax.jit(one_run_step(model, objectives[name], augment=False,
+                                    teacher_model=t_model), compiler_options=FAST)
         (s1, m1), (s2, m2) = host(step(state, batch, t_vars)), host(step(state, other, t_vars))
         losses = {k: v for k, v in m1.items() if k not in ("accuracy", "agreement")}
         if name == "ce+act+jac":

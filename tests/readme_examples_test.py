@@ -1,31 +1,37 @@
-"""The README's "Use the penalties in your own training loop" examples, run as written:
-each block trains five steps, and the penalty its ``loss_fn`` computes equals a
-``jax.jacrev`` computation on the same model and batch."""
+"""The examples of README.md and docs/, run as written: the own-loop examples (Linen in the
+README, NNX in docs/api.md) and the engine's step (docs/engine.md) each train five steps,
+and the Jacobian term each computes equals a ``jax.jacrev`` computation on the same model
+and batch."""
 
 import re
 from pathlib import Path
 
 import chex
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 from penalties_test import reference
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
-def readme_example(name: str) -> str:
-    """The fenced python block after ``<!-- readme-example: NAME -->`` in README.md."""
-    found = re.findall(rf"<!-- readme-example: {name} -->\s*```python\n(.*?)```",
-                       README.read_text(), flags=re.S)
-    assert len(found) == 1, f"README.md needs exactly one example marked {name!r}"
+def example(name: str) -> tuple[str, str]:
+    """``(file name, code)`` of the fenced python block after ``<!-- example: NAME -->`` in
+    README.md or docs/*.md (exactly one)."""
+    found = [(path.name, code) for path in DOCS
+             for code in re.findall(rf"<!-- example: {name} -->\s*```python\n(.*?)```",
+                                    path.read_text(), flags=re.S)]
+    assert len(found) == 1, f"README.md and docs/ need exactly one example marked {name!r}"
     return found[0]
 
 
 def run_example(name: str) -> dict:
-    namespace = {"__name__": f"readme_{name}"}
-    exec(compile(readme_example(name), f"README.md:{name}", "exec"), namespace)
+    where, code = example(name)
+    namespace = {"__name__": f"example_{name}"}
+    exec(compile(code, f"{where}:{name}", "exec"), namespace)
     return namespace
 
 
@@ -84,3 +90,26 @@ def test_nnx_example():
     chex.assert_trees_all_close(logits, want_logits, rtol=1e-5, atol=1e-6)
     chex.assert_trees_all_close(nnx.to_pure_dict(nnx.state(copy, nnx.BatchStat)),
                                 nnx.to_pure_dict(nnx.state(once, nnx.BatchStat)), rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_engine_example():
+    """The engine's own step: trains, and its first step's ``jac`` (true-label rows) and
+    ``act`` terms equal ``jax.jacrev`` / direct computations on the same networks."""
+    from jkt import losses
+    from jkt.data import transforms
+
+    ns = run_example("engine")
+    check_training(ns["losses"])
+    student, teacher, mesh = ns["student"], ns["teacher"], ns["mesh"]
+    state = ns["create_train_state"](student, ns["adam"], jax.random.key(0), (32, 32, 3), mesh)
+    variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+    _, metrics = ns["step"](state, ns["batch"], ns["teacher_vars"], ns["rate"], ns["weights"])
+    x = transforms.normalize(ns["images"], ns["mean"], ns["std"])
+    y = jnp.asarray(ns["labels"])
+    s_fn = lambda z: student.apply(variables, z, train=True, mutable=["batch_stats"])[0]
+    t_fn = lambda z: teacher.apply(ns["teacher_vars"], z, train=False)
+    jac, act = jax.jit(lambda x: (reference("label", s_fn, t_fn, x, y)[0], jnp.mean(
+        losses.match_activations(s_fn(x), t_fn(x)))))(x)
+    chex.assert_trees_all_close(metrics["jac"][0], jac, rtol=1e-4)
+    chex.assert_trees_all_close(metrics["act"][0], act, rtol=1e-4)

@@ -1,7 +1,8 @@
-"""The learning-rate schedule's run-dependent boundaries as jit arguments
-(``jkt.train.optim.schedule_arrays``, ``scheduled_learning_rate``,
-``ScheduledOptimizer``): optax's rates and updates bit for bit, one program for every
-schedule of a config, and the optimiser state of ``make_optimizer``."""
+"""The learning rate as a step argument: optax's schedule evaluated on the host
+(``jkt.train.optim.learning_rates``) gives optax's rates bit for bit, and the optimiser
+built at those rates (``Optimizer``) gives the updates of optax's scheduled optimiser
+(``make_optimizer``) bit for bit, with one optimiser-state structure and one compiled
+update for every schedule of a config."""
 
 import dataclasses
 
@@ -33,53 +34,36 @@ def _bits(x) -> np.ndarray:
 
 
 @pytest.mark.parametrize("cfg, spe, total", SCHEDULES)
-def test_schedule_arrays_give_optax_rates_bit_for_bit(cfg, spe, total):
-    """At every step of the run (and past it), the rate read from the arrays inside a
-    jitted program equals optax's ``piecewise_constant_schedule`` with Python constants."""
-    arrays = optim.schedule_arrays(cfg, spe, total)
-    assert arrays["boundaries"].shape == arrays["scales"].shape == (len(cfg.decay_epochs),)
-    n = (total or cfg.epochs * spe) + 3
+def test_host_rates_are_optax_rates_bit_for_bit(cfg, spe, total):
+    """At every step of the run, the rate the host evaluates equals optax's
+    ``piecewise_constant_schedule`` evaluated inside a jitted program and eagerly."""
+    n = total or cfg.epochs * spe
+    rates = optim.learning_rates(cfg, spe, n)
+    assert rates.shape == (n,) and rates.dtype == np.float32
+    schedule = optim.learning_rate_schedule(cfg, spe, n)
     counts = np.arange(n, dtype=np.int32)
-    want = jax.jit(jax.vmap(optim.learning_rate_schedule(cfg, spe, total)))(counts)
-    rate = jax.jit(jax.vmap(lambda c, a: optim.scheduled_learning_rate(cfg.learning_rate, a)(c),
-                            in_axes=(0, None)))
-    np.testing.assert_array_equal(_bits(rate(counts, arrays)), _bits(want))
-
-
-def test_one_program_serves_every_schedule_of_a_config():
-    """Runs of one config with different data sizes have different boundaries but one
-    compiled schedule (boundaries and scales are arguments)."""
-    cfg = optim.OptimConfig("adam", 3e-3, (0.8,), epochs=3, batch_size=8)
-    traces = []
-
-    @jax.jit
-    def rate(count, arrays):
-        traces.append(1)
-        return optim.scheduled_learning_rate(cfg.learning_rate, arrays)(count)
-
-    for spe in (1, 2, 5):
-        arrays = optim.schedule_arrays(cfg, spe)
-        schedule = jax.jit(optim.learning_rate_schedule(cfg, spe))
-        for c in range(cfg.epochs * spe):
-            count = np.int32(c)
-            assert _bits(rate(count, arrays)) == _bits(schedule(count)), (spe, c)
-    assert len(traces) == 1
+    np.testing.assert_array_equal(_bits(rates), _bits(jax.jit(jax.vmap(schedule))(counts)))
+    np.testing.assert_array_equal(_bits(rates), _bits([schedule(int(c)) for c in counts]))
 
 
 @pytest.mark.parametrize("cfg, spe, total", [SCHEDULES[3], SCHEDULES[6]])
-def test_scheduled_optimizer_updates_equal_make_optimizer(cfg, spe, total):
-    """Same optimiser-state structure (checkpoints interchange) and the same updates,
-    bit for bit, over a whole run with a decay inside it."""
+def test_optimizer_at_host_rates_updates_as_optax_scheduled_optimizer(cfg, spe, total):
+    """Same optimiser-state structure (checkpoints interchange) and the same updates, bit
+    for bit, over a whole run with a decay inside it; the update taking the rate as an
+    argument compiles once for every rate (and for every config of equal optimiser)."""
     rng = np.random.default_rng(0)
     params = {"w": rng.normal(size=(3, 4)).astype(np.float32),
               "b": rng.normal(size=(4,)).astype(np.float32)}
+    n = total or cfg.epochs * spe
     old = optim.make_optimizer(cfg, spe, total)
-    new = optim.ScheduledOptimizer.of(cfg)
-    assert new == optim.ScheduledOptimizer.of(dataclasses.replace(cfg, epochs=99))
-    assert hash(new) == hash(optim.ScheduledOptimizer.of(cfg))
+    new = optim.Optimizer.of(cfg)
+    assert new == optim.Optimizer.of(dataclasses.replace(cfg, epochs=99, learning_rate=1.0))
+    assert hash(new) == hash(optim.Optimizer.of(cfg))
     s_old, s_new = old.init(params), new.init(params)
     assert jax.tree.structure(s_old) == jax.tree.structure(s_new)
-    arrays = optim.schedule_arrays(cfg, spe, total)
+    rates = optim.learning_rates(cfg, spe, n)
+    assert len(set(rates.tolist())) > 1  # the rate changes within the run
+    traces = []
 
     @jax.jit
     def step_old(p, s, g):
@@ -87,16 +71,16 @@ def test_scheduled_optimizer_updates_equal_make_optimizer(cfg, spe, total):
         return jax.tree.map(lambda a, b: a + b, p, u), s
 
     @jax.jit
-    def step_new(p, s, g, a):
-        u, s = new.bind(a).update(g, s, p)
+    def step_new(p, s, g, rate):
+        traces.append(1)
+        u, s = new(lambda count: rate).update(g, s, p)
         return jax.tree.map(lambda x, y: x + y, p, u), s
 
     p_old = p_new = params
-    for _ in range((total or cfg.epochs * spe) + 1):
+    for i in range(n):
         g = jax.tree.map(lambda x: rng.normal(size=x.shape).astype(np.float32), params)
         p_old, s_old = step_old(p_old, s_old, g)
-        p_new, s_new = step_new(p_new, s_new, g, arrays)
+        p_new, s_new = step_new(p_new, s_new, g, rates[i])
     chex.assert_trees_all_equal(host(p_new), host(p_old))
     chex.assert_trees_all_equal(host(s_new), host(s_old))
-    with pytest.raises(TypeError, match="bind"):
-        new.update(g, s_new, p_new)
+    assert len(traces) == 1

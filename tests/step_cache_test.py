@@ -1,7 +1,8 @@
 """Tests for one compiled step per grid: a ``StepCache`` shared by the cells of a grid
 changes no number. The parameters, metrics and accuracies of every run equal those of a
-fresh step per run and of the old loop (optax schedule baked into a freshly jitted step),
-also when a run resumes a checkpoint written by that old loop."""
+fresh step per run and of a loop of one's own that runs optax's scheduled optimiser (the
+schedule inside the program), also when a run resumes a checkpoint written by that
+loop."""
 
 import chex
 import jax
@@ -12,6 +13,7 @@ from jkt import parallel
 from jkt.checkpoint import TrainCheckpointer
 from jkt.data.batches import BatchStream, make_batch
 from jkt.train import StepCache, loop, optim
+from jkt.train.fused import weight_matrix
 from jkt.train.objective import Objective
 from jkt.train.state import create_train_state
 from jkt.train.step import make_train_step
@@ -33,14 +35,14 @@ def _grid(workdir, mesh, cache_for):
     results = {}
     for n in CELLS:
         train, cache = make_split(n, seed=n), cache_for(n)
-        common = dict(num_classes=NUM_CLASSES, mean=MEAN, std=STD, mesh=mesh, step_cache=cache)
+        common = dict(num_classes=NUM_CLASSES, mean=MEAN, std=STD, mesh=mesh, steps=cache)
         evals = {"val": make_split(11, seed=99)}
-        results[n, "group"] = loop.train_and_evaluate_fused(
+        results[n, "group"] = loop.train_and_evaluate(
             [_cfg(o) for o in GROUP], train, evals,
             workdirs=[workdir / f"n{n}" / f"g{i}" for i in range(len(GROUP))], **common)
-        results[n, "single"] = [loop.train_and_evaluate(
-            _cfg(Objective(ce=1), seed=1), train, evals, workdir=workdir / f"n{n}" / "single",
-            **common)]
+        results[n, "single"] = loop.train_and_evaluate(
+            [_cfg(Objective(ce=1), seed=1)], train, evals,
+            workdirs=[workdir / f"n{n}" / "single"], **common)
     return results
 
 
@@ -48,19 +50,24 @@ def _variables(workdir, cfg, mesh):
     return host(loop.final_variables(workdir, cfg, NUM_CLASSES, IMAGE_SHAPE, mesh)[1])
 
 
-def _legacy_run(cfg, train, mesh, steps):
-    """The old loop's numbers: the optax schedule baked into a freshly jitted
-    ``make_train_step``; returns the state after ``steps`` steps and the stream."""
+def _optax_run(cfg, train, mesh, steps):
+    """A loop of one's own: the train step with optax's scheduled optimiser
+    (``make_optimizer``: the schedule inside the program, driven by the optimiser state's
+    count) in place of the loop's rate argument; returns the state after ``steps`` steps,
+    the stream and the run's length."""
     model, rep = tiny(NUM_CLASSES), parallel.replicated(mesh)
     stream = BatchStream(len(train), cfg.optim.batch_size, seed=cfg.seed)
     n_steps = loop.total_steps(cfg, len(train))
     tx = optim.make_optimizer(cfg.optim, stream.steps_per_epoch, n_steps)
-    state = create_train_state(model, tx, jax.random.key(cfg.seed), IMAGE_SHAPE, mesh)
-    step = jax.jit(make_train_step(model, cfg.objective, mean=MEAN, std=STD,
-                                   augment=cfg.augment),
+    state = create_train_state(model, optim.Optimizer.of(cfg.optim), jax.random.key(cfg.seed),
+                               IMAGE_SHAPE, mesh)
+    train_step = make_train_step(model, [cfg.objective], lambda rate: tx, mean=MEAN, std=STD,
+                                 augment=cfg.augment)
+    weights = weight_matrix([cfg.objective])
+    step = jax.jit(lambda s, b: train_step(s, b, None, None, weights),
                    donate_argnums=0, out_shardings=(rep, rep))
     for i in range(steps):
-        state, _ = step(state, make_batch(train, stream.indices(i), mesh), None)
+        state, _ = step(state, make_batch(train, stream.indices(i), mesh))
     return state, stream, n_steps
 
 
@@ -86,32 +93,32 @@ def test_shared_cache_changes_no_number_of_a_grid(monkeypatch, tmp_path):
                                                    mesh),
                                         _variables(tmp_path / "fresh" / f"n{n}" / sub, cfg,
                                                    mesh))
-        # The single runs equal the old loop's (optax schedule as constants) bit for bit.
+        # The single runs equal a loop with optax's scheduled optimiser bit for bit.
         cfg = _cfg(Objective(ce=1), seed=1)
-        state, _, n_steps = _legacy_run(cfg, make_split(n, seed=n), mesh,
-                                        loop.total_steps(cfg, n))
+        state, _, n_steps = _optax_run(cfg, make_split(n, seed=n), mesh,
+                                       loop.total_steps(cfg, n))
         chex.assert_trees_all_equal(
             _variables(tmp_path / "shared" / f"n{n}" / "single", cfg, mesh),
             host({"params": state.params, "batch_stats": state.batch_stats}))
 
 
 @pytest.mark.slow
-def test_resumes_a_checkpoint_of_the_old_loop(monkeypatch, tmp_path):
-    """A checkpoint written from the old loop's state (optax transformation, schedule
-    baked in) resumes with the schedule as an argument and ends where the old loop does."""
+def test_resumes_a_checkpoint_of_optax_scheduled_optimizer(monkeypatch, tmp_path):
+    """A checkpoint written from the state of a loop with optax's scheduled optimiser
+    resumes in the loop (rates as arguments) and ends where that loop does."""
     monkeypatch.setattr(loop, "create_model", lambda name, n, **o: tiny(n, **o))
     mesh = parallel.make_mesh(jax.devices()[:1])
     cfg, train = _cfg(Objective(ce=1), seed=2), make_split(17, seed=5)
-    state, stream, n_steps = _legacy_run(cfg, train, mesh, 3)
+    state, stream, n_steps = _optax_run(cfg, train, mesh, 3)
     meta = {"num_examples": len(train), "batch_size": cfg.optim.batch_size, "seed": cfg.seed,
             "total_steps": n_steps}
     with TrainCheckpointer(tmp_path / "run" / "checkpoints") as ckpt:
         ckpt.save(3, state, meta, force=True)
-    res = loop.train_and_evaluate(cfg, train, {"val": make_split(11, seed=99)},
-                                  num_classes=NUM_CLASSES, mean=MEAN, std=STD,
-                                  workdir=tmp_path / "run", mesh=mesh)
+    res, = loop.train_and_evaluate([cfg], train, {"val": make_split(11, seed=99)},
+                                   num_classes=NUM_CLASSES, mean=MEAN, std=STD,
+                                   workdirs=[tmp_path / "run"], mesh=mesh)
     assert res.resumed_from == 3 and res.steps == n_steps
-    final, _, _ = _legacy_run(cfg, train, mesh, n_steps)
+    final, _, _ = _optax_run(cfg, train, mesh, n_steps)
     chex.assert_trees_all_equal(_variables(tmp_path / "run", cfg, mesh),
                                 host({"params": final.params,
                                       "batch_stats": final.batch_stats}))

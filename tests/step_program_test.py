@@ -8,7 +8,6 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from jkt import models, parallel
@@ -17,6 +16,7 @@ from jkt.data.types import Split
 from jkt.train import fused
 from jkt.train.methods import method_objective
 from jkt.train.objective import compose_losses
+from jkt.train.optim import Optimizer
 from jkt.train.state import create_train_state
 from jkt.train.step import make_train_step
 
@@ -39,25 +39,30 @@ def programs():
     student = models.create("vgg4", K, width_multiplier=0.125)
     teacher = models.create("vgg9", K, width_multiplier=0.125)
     t_vars = jax.jit(teacher.init)(jax.random.key(1), jnp.zeros((1, *SHAPE)))
-    state = create_train_state(student, optax.adam(1e-3), jax.random.key(0), SHAPE, mesh)
-    batch = _batch(mesh)
-    o = method_objective("ce+act+jac")
-    plain = jax.jit(make_train_step(student, o, mean=MEAN, std=STD, teacher_model=teacher),
-                    donate_argnums=0).lower(state, batch, t_vars).compile().as_text()
+    adam = Optimizer("adam")
+    state = create_train_state(student, adam, jax.random.key(0), SHAPE, mesh)
+    batch, rate = _batch(mesh), np.float32(1e-3)
+
+    def compiled(objectives, states):
+        step = make_train_step(student, objectives, adam, mean=MEAN, std=STD,
+                               teacher_model=teacher)
+        return jax.jit(step, donate_argnums=0).lower(
+            states, batch, t_vars, rate, fused.weight_matrix(objectives)).compile().as_text()
+
     objs = [method_objective(m) for m in ("ce+jac", "ce+act+jac", "act+jac")]
     states = fused.stack_states([state] * 3)
-    fz = jax.jit(fused.make_fused_train_step(student, objs, mean=MEAN, std=STD,
-                                             teacher_model=teacher),
-                 donate_argnums=0).lower(states, batch, t_vars).compile().as_text()
-    return {"plain": (plain, state), "fused": (fz, states)}
+    return {"plain": (compiled([method_objective("ce+act+jac")], state), state),
+            "fused": (compiled(objs, states), states)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["plain", "fused"])
 def test_step_program_has_no_float64(programs, kind):
     hlo, _ = programs[kind]
     assert not re.search(r"\bf64\[", hlo)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["plain", "fused"])
 def test_donated_state_is_updated_in_place(programs, kind):
     """Every array of the donated state is aliased to an output buffer (no copy of the
@@ -94,6 +99,7 @@ def _jac_term_and_grad(dtype):
     return terms, jnp.concatenate([a.ravel() for a in jax.tree.leaves(g)])
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_the_jacobian_term_within_bf16_rounding():
     t32, g32 = _jac_term_and_grad(jnp.float32)
     t16, g16 = _jac_term_and_grad(jnp.bfloat16)

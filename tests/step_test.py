@@ -6,9 +6,9 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from train_fixtures import (  # noqa: F401  (fixtures)
+    ADAM,
     BATCH,
     FAST,
     IMAGE_SHAPE,
@@ -18,6 +18,7 @@ from train_fixtures import (  # noqa: F401  (fixtures)
     host,
     init,
     one_line,
+    one_run_step,
     split_fixture,
     teacher_fixture,
     tiny,
@@ -41,18 +42,17 @@ def parity_runs(split, teacher):
     t_model, t_vars = teacher
     model = tiny()
     objective = method_objective("ce+act+jac")  # label estimator
-    tx = optax.adam(1e-3)
     stream = BatchStream(len(split), BATCH, seed=1)
     chex.clear_trace_counter()
     runs = {}
     for n_dev in (1, 8):
         mesh = parallel.make_mesh(jax.devices()[:n_dev])
         rep = parallel.replicated(mesh)
-        py_step = make_train_step(model, objective, mean=MEAN, std=STD, teacher_model=t_model)
+        py_step = one_run_step(model, objective, teacher_model=t_model)
         if n_dev == 8:  # the counter is keyed by call site: wrap only one of the two
             py_step = chex.assert_max_traces(py_step, n=1)
         step = jax.jit(py_step, donate_argnums=0, out_shardings=(rep, rep))
-        state = create_train_state(model, tx, jax.random.key(0), IMAGE_SHAPE, mesh)
+        state = create_train_state(model, ADAM, jax.random.key(0), IMAGE_SHAPE, mesh)
         tv = jax.device_put(t_vars, rep)
         # The state is donated to each step: keep host copies.
         run = {"mesh": mesh, "init_params": host(state.params), "batches": [], "states": [],
@@ -63,7 +63,7 @@ def parity_runs(split, teacher):
             state, metrics = step(state, batch, tv)
             run["states"].append(host(state))
             run["metrics"].append(host(metrics))
-        run.update(step=step, last_state=state, model=model, tx=tx)
+        run.update(step=step, last_state=state, model=model)
         runs[n_dev] = run
     return runs
 
@@ -115,9 +115,8 @@ def test_step_compiles_once(parity_runs):
     assert not np.array_equal(np.asarray(eight["batches"][0]["label"]),
                               np.asarray(eight["batches"][1]["label"]))
     assert eight["step"]._cache_size() == 1
-    # A fresh state (same optimiser object: ``tx`` is static, part of the treedef) does
-    # not retrace either.
-    state = create_train_state(eight["model"], eight["tx"], jax.random.key(5), IMAGE_SHAPE,
+    # A fresh state (another seed) does not retrace either.
+    state = create_train_state(eight["model"], ADAM, jax.random.key(5), IMAGE_SHAPE,
                                eight["mesh"])
     eight["step"](state, eight["batches"][2], eight["teacher_vars"])
     assert eight["step"]._cache_size() == 1
@@ -131,7 +130,7 @@ def test_step_compiles_once(parity_runs):
 def fixed_batch(split):
     mesh = parallel.make_mesh(jax.devices()[:1])
     model = tiny()
-    state = create_train_state(model, optax.adam(1e-3), jax.random.key(0), IMAGE_SHAPE, mesh)
+    state = create_train_state(model, ADAM, jax.random.key(0), IMAGE_SHAPE, mesh)
     return model, state, make_batch(split, np.arange(BATCH), mesh)
 
 
@@ -139,25 +138,25 @@ def test_teacher_gets_no_gradient_and_is_not_in_state(fixed_batch, teacher):
     model, state, batch = fixed_batch
     t_model, t_vars = teacher
     objective = Objective(ce=1, act=1, jac=1, att=1, att_pairs=(("pool1", "pool1"),))
-    step = make_train_step(model, objective, mean=MEAN, std=STD, augment=False,
-                           teacher_model=t_model)
+    step = one_run_step(model, objective, augment=False, teacher_model=t_model)
     tv = jax.tree.map(jnp.asarray, t_vars)
 
     def loss_wrt_teacher(tv):
-        return step(state, batch, tv)[1]["loss"]
+        return step(state, batch, tv)[1]["loss"][0]
 
     loss, t_grads = jax.jit(jax.value_and_grad(loss_wrt_teacher), compiler_options=FAST)(tv)
     assert np.isfinite(loss) and loss > 0
     chex.assert_trees_all_equal(host(t_grads), jax.tree.map(np.zeros_like, t_vars))
     new_state, _ = jax.eval_shape(step, state, batch, tv)
     # The state holds the student only: its leaves are the student's params, batch stats,
-    # two Adam moments of the params, counters and the rng.
+    # two Adam moments of the params, the step, Adam's and the schedule's counts and the
+    # rng.
     student = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *IMAGE_SHAPE)))
     chex.assert_trees_all_equal_shapes(new_state.params, student["params"])
     chex.assert_trees_all_equal_shapes(new_state.batch_stats, student["batch_stats"])
     n_student = len(jax.tree.leaves(student["params"]))
     n_stats = len(jax.tree.leaves(student["batch_stats"]))
-    assert len(jax.tree.leaves(new_state)) == 3 * n_student + n_stats + 1 + 1 + 1
+    assert len(jax.tree.leaves(new_state)) == 3 * n_student + n_stats + 1 + 1 + 1 + 1
     n_state_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(new_state.params))
     assert n_state_params == param_count(model, IMAGE_SHAPE)
     assert param_count(t_model, IMAGE_SHAPE) != n_state_params  # distinguishable sizes
@@ -172,12 +171,11 @@ def test_two_head_student_trains_against_a_six_class_teacher(split):
     student = tiny(source_classes=6)
     t_model = tiny(num_classes=6, width=4)
     t_vars = init(t_model, seed=3)
-    state = create_train_state(student, optax.adam(1e-3), jax.random.key(0), IMAGE_SHAPE, mesh)
+    state = create_train_state(student, ADAM, jax.random.key(0), IMAGE_SHAPE, mesh)
     assert state.params["fc"]["kernel"].shape[-1] == NUM_CLASSES
     assert state.params["fc_source"]["kernel"].shape[-1] == 6
-    step = jax.jit(make_train_step(student, method_objective("ce+act+jac", estimator="top"),
-                                   mean=MEAN, std=STD, teacher_model=t_model),
-                   compiler_options=FAST)
+    step = jax.jit(one_run_step(student, method_objective("ce+act+jac", estimator="top"),
+                                teacher_model=t_model), compiler_options=FAST)
     state, metrics = step(state, make_batch(split, np.arange(BATCH), mesh), t_vars)
     chex.assert_tree_all_finite(metrics)
     assert set(metrics) == {"loss", "ce", "act", "jac", "accuracy", "agreement"}
@@ -191,7 +189,7 @@ def test_config_errors_are_one_clear_line():
     cases = [
         (lambda: parallel.check_batch_size(12, parallel.make_mesh()),
          "batch size 12 must be a positive multiple of the number of devices in the mesh (8)"),
-        (lambda: make_train_step(tiny(), Objective(ce=1, act=1), mean=MEAN, std=STD),
+        (lambda: make_train_step(tiny(), [Objective(ce=1, act=1)], ADAM, mean=MEAN, std=STD),
          "no teacher model"),
     ]
     for make, fragment in cases:

@@ -21,6 +21,7 @@ from train_fixtures import (  # noqa: F401  (fixtures)
 from jkt import parallel
 from jkt.checkpoint import Teacher, TeacherMeta
 from jkt.train import events, loop, optim
+from jkt.train.metrics import METRICS_FILE
 from jkt.train.objective import Objective
 
 
@@ -36,10 +37,10 @@ def _cfg(**kw):
 
 
 def _run(cfg, workdir, train, teacher=None):
-    return loop.train_and_evaluate(cfg, train, {"val": make_split(12, seed=9)},
+    return loop.train_and_evaluate([cfg], train, {"val": make_split(12, seed=9)},
                                    num_classes=NUM_CLASSES, mean=MEAN, std=STD,
-                                   workdir=workdir, teacher=teacher,
-                                   mesh=parallel.make_mesh(jax.devices()[:1]))
+                                   workdirs=[workdir], teacher=teacher,
+                                   mesh=parallel.make_mesh(jax.devices()[:1]))[0]
 
 
 def _artifact(teacher) -> Teacher:
@@ -88,7 +89,7 @@ def test_event_files_hold_every_metric_once_after_a_resume(tiny_loop, monkeypatc
     assert _run(_cfg(), workdir, train, _artifact(teacher)).resumed_from == 4
 
     assert len(list(workdir.glob("events.out.tfevents.*"))) == 2  # one per launch
-    lines = [json.loads(x) for x in (workdir / loop.METRICS_FILE).read_text().splitlines()]
+    lines = [json.loads(x) for x in (workdir / METRICS_FILE).read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2, 3, 4, 5, 6]
     names = set(lines[0]) - {"step"}
     assert {"loss", "ce", "act", "jac", "accuracy", "agreement", "epoch"} <= names
@@ -108,7 +109,7 @@ def test_without_tensorboardx_one_warning_and_metrics_still_written(
     assert events.open_event_writer(tmp_path / "b", 0) is None
     warnings = [x for x in capsys.readouterr().err.splitlines() if "tensorboardX" in x]
     assert len(warnings) == 1 and warnings[0].startswith("warning: "), warnings
-    assert len((tmp_path / "a" / loop.METRICS_FILE).read_text().splitlines()) == 2
+    assert len((tmp_path / "a" / METRICS_FILE).read_text().splitlines()) == 2
     assert not list((tmp_path / "a").glob("events.out.tfevents.*"))
 
 

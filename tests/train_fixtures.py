@@ -15,12 +15,16 @@ import pytest
 
 from jkt.data.types import Split
 from jkt.models import VGG
+from jkt.train.fused import weight_matrix
+from jkt.train.optim import Optimizer
+from jkt.train.step import make_train_step
 
 IMAGE_SHAPE = (16, 16, 3)
 NUM_CLASSES = 4
 BATCH = 16
 MEAN, STD = (0.5, 0.45, 0.4), (0.25, 0.25, 0.3)
 FAST = {"xla_backend_optimization_level": 0}  # compile options for objective sweeps
+ADAM = Optimizer("adam")  # the optimiser of the tests' train states
 
 
 def make_split(n: int, seed: int = 0, num_classes: int = NUM_CLASSES) -> Split:
@@ -32,6 +36,18 @@ def make_split(n: int, seed: int = 0, num_classes: int = NUM_CLASSES) -> Split:
 def tiny(num_classes: int = NUM_CLASSES, width: int = 8, **options) -> VGG:
     """A one-block VGG (conv-BN-ReLU, pool1, global pool, Dense): cheap to compile."""
     return VGG(config=(width, "M"), num_classes=num_classes, **options)
+
+
+def one_run_step(model, objective, *, learning_rate: float = 1e-3, optimizer=ADAM, mean=MEAN,
+                 std=STD, **kw):
+    """``step(state, batch, teacher_variables) -> (state, metrics)``: the train step of one
+    run (:func:`jkt.train.step.make_train_step` of ``[objective]``) with the learning rate
+    and the objective's weights bound, as the loop passes them; metrics have shape
+    ``(1,)``."""
+    step = make_train_step(model, [objective], optimizer, mean=mean, std=std, **kw)
+    rate, weights = np.float32(learning_rate), weight_matrix([objective])
+    return lambda state, batch, teacher_variables: step(state, batch, teacher_variables, rate,
+                                                        weights)
 
 
 def init(model, seed: int):

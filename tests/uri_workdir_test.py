@@ -16,7 +16,7 @@ from compile_count_test import teacher_grid  # noqa: F401  (fixture: tiny grid +
 from distill_test import image_folder  # noqa: F401  (fixture: 3 classes of 32x32 images)
 from train_fixtures import one_line
 
-from jkt import checkpoint, paths, workdir
+from jkt import paths, workdir
 from jkt.grids import distill as distill_grid
 
 VARYING = {"wall_time_s", "skipped", "resumed_from"}
@@ -58,7 +58,7 @@ def bucket(tmp_path, monkeypatch):
     root = tmp_path / "bucket"
     root.mkdir()
     seen = []
-    orig = checkpoint._path
+    orig = paths.absolute
 
     def checkpoint_path(p):
         s = os.fspath(p)
@@ -67,7 +67,7 @@ def bucket(tmp_path, monkeypatch):
             return orig(str(root) + s[len("gs://bucket"):])
         return orig(p)
 
-    monkeypatch.setattr(checkpoint, "_path", checkpoint_path)
+    monkeypatch.setattr(paths, "absolute", checkpoint_path)
     monkeypatch.setattr(workdir.WorkdirLock, "SETTLE_S", 0.0)
     with epath_testing.mock_epath(**_gs_bucket(root)):
         yield root, seen
@@ -85,6 +85,7 @@ def test_paths_keep_uris_and_local_paths_apart(tmp_path):
         paths.as_dir("ftp://host/runs")
 
 
+@pytest.mark.slow
 def test_distill_grid_in_a_gs_workdir_equals_a_local_one(teacher_grid, bucket, tmp_path,  # noqa: F811
                                                          monkeypatch):
     """A tiny Table-1 grid into ``gs://bucket/runs``: the same rows and report as in a

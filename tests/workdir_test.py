@@ -70,22 +70,22 @@ def test_record_is_written_once_and_compared_after(tmp_path):
 def test_only_process_zero_writes(tmp_path, monkeypatch):
     import jax
 
-    from jkt.train import loop
+    from jkt.train import metrics
 
     monkeypatch.setattr(jax, "process_index", lambda: 1)
     assert not workdir.is_writer()
     workdir.check_record(tmp_path / "config.json", {"a": 1}, what="run")
     assert not (tmp_path / "config.json").exists()
-    assert loop._open_history(tmp_path / "metrics.jsonl", 0) is None
+    assert metrics._open_history(tmp_path / "metrics.jsonl", 0) is None
 
 
 def test_resumed_history_is_cut_back_to_the_checkpoint(tmp_path):
-    from jkt.train import loop
+    from jkt.train import metrics
 
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (2, 4, 6))
                     + '{"step": 8, "lo')  # a line torn by a kill
-    with loop._open_history(path, 4) as f:
+    with metrics._open_history(path, 4) as f:
         f.write(json.dumps({"step": 6, "loss": 0.5}) + "\n")
     steps = [json.loads(line)["step"] for line in path.read_text().splitlines()]
     assert steps == [2, 4, 6]

@@ -24,7 +24,7 @@ def quick() -> DistillConfig:
     Teacher 300 steps (Adam 1e-3, batch 64), then 6 methods × n ∈ {1, 5, 20} × 2 seeds of
     200 steps each (Adam 3e-3 -> 3e-4 at step 160, batch 32). Pad-4 crops, no flips (a
     flipped digit is not a digit); validation on 10 % of the train split held out from
-    everything. Run time: README, Results.
+    everything. Run time: docs/results.md.
     """
     return DistillConfig(
         data=DataConfig("digits", augment="crop"),

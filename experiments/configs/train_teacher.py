@@ -1,10 +1,10 @@
 """Presets of ``python -m experiments.train_teacher``: ``get_config(name)`` returns a
-:class:`jkt.train.teacher.TeacherConfig`."""
+:class:`jkt.grids.teacher.TeacherConfig`."""
 
 from __future__ import annotations
 
 from jkt.data import DataConfig
-from jkt.train.teacher import TeacherConfig
+from jkt.grids.teacher import TeacherConfig
 
 
 def default() -> TeacherConfig:

@@ -54,7 +54,7 @@ def cifar10() -> TransferConfig:
     Add the ablations with ``--depth-pairs auto --pool-windows all``.
     Sized for one GPU (48 runs). A CPU-sized version:
     ``--width-multiplier 0.125 --teacher-stage-sizes 1,1,1,1 --max-steps 200
-    --teacher-max-steps 400 --n-per-class 5,25 --seeds 0`` (results in the README).
+    --teacher-max-steps 400 --n-per-class 5,25 --seeds 0`` (results in docs/results.md).
     """
     return TransferConfig(
         workdir="runs/transfer_cifar10",

@@ -1,11 +1,13 @@
-"""Times ``jkt``'s own jitted train step, built exactly as the training loop builds it.
+"""Times ``jkt``'s own jitted train step: the very step the training loop runs.
 
-``make_train_step(model, objective, mean, std, augment=True, teacher_model)`` (or
-``make_fused_train_step`` for a fused row over ``stack_states`` of R copies of the state)
-jitted with ``jax.jit(step, donate_argnums=0, out_shardings=(rep, rep))`` over the mesh,
-the state from ``create_train_state``, one uint8 batch from ``jkt.data.batches.make_batch``
-already on device and reused every step, the teacher's variables replicated: the timing
-then measures the step, not the input pipeline.
+The step comes from :meth:`jkt.train.StepCache.train_step` with the arguments the loop
+passes for the same runs (one run, or a fused row's ``R`` runs over ``pack_states`` of
+``R`` copies of the state): model, objectives, optimiser, normalisation, pad-4 crop + flip
+augmentation, teacher with the students' normalisation, fusion layout, mesh. It is
+called as the loop calls it, with the learning rate and the loss weights as arguments;
+the state comes from ``create_train_state``, one uint8 batch from
+``jkt.data.batches.make_batch`` already on device is reused every step and the teacher's
+variables are replicated: the timing measures the step, not the input pipeline.
 
 The jitted step is compiled ahead of time (``.lower().compile()``, the same executable a
 first call would build) so that XLA's memory analysis comes without a second compile.
@@ -29,17 +31,8 @@ from jkt.bench.methods import TEACHER_ARCH, Method
 from jkt.bench.settings import CIFAR100_MEAN, CIFAR100_STD, BenchSetting
 from jkt.data.batches import make_batch
 from jkt.data.types import Split
-from jkt.train import (
-    CIFAR_RECIPE,
-    create_train_state,
-    make_fused_train_step,
-    make_optimizer,
-    make_train_step,
-)
-from jkt.train.fused import stack_states
-
-# The optimiser's schedule needs a length; any value gives the same step cost.
-_STEPS_PER_EPOCH = 391
+from jkt.train import CIFAR_RECIPE, Optimizer, StepCache, create_train_state
+from jkt.train.fused import pack_states, weight_matrix
 
 
 def summarize(times_s: list[float], compile_s: float, images_per_step: int) -> dict:
@@ -103,6 +96,7 @@ class JaxBench:
         self.dtype = jnp.bfloat16 if setting.dtype == "bfloat16" else jnp.float32
         self.rep = parallel.replicated(mesh)
         self.seed = seed
+        self.steps = StepCache()
         self._teacher = None
 
     def model(self, name: str):
@@ -150,35 +144,16 @@ class JaxBench:
         """
         setting = self.setting
         self.check_taps(method)
-        model = self.model(method.student)
-        tx = make_optimizer(CIFAR_RECIPE, steps_per_epoch=_STEPS_PER_EPOCH)
-        state = create_train_state(model, tx, jax.random.key(self.seed), self.input_shape,
-                                   self.mesh)
-        init_vars = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
-        teacher_model = teacher_vars = None
-        if method.teacher:
-            teacher_model, teacher_vars, _ = self.teacher()
-        if method.fused:  # as train_and_evaluate_fused builds it
-            state = jax.device_put(stack_states([state] * method.runs), self.rep)
-            step_fn = make_fused_train_step(model, method.fused, mean=CIFAR100_MEAN,
-                                            std=CIFAR100_STD, augment=True,
-                                            teacher_model=teacher_model,
-                                            mode=method.fusion_mode)
-        else:
-            step_fn = make_train_step(model, method.objective, mean=CIFAR100_MEAN,
-                                      std=CIFAR100_STD, augment=True,
-                                      teacher_model=teacher_model)
-        jitted = jax.jit(step_fn, donate_argnums=0, out_shardings=(self.rep, self.rep))
-
+        jitted, state, args, init_vars = self.step(method)
         t0 = time.perf_counter()
-        compiled = jitted.lower(state, self.batch, teacher_vars).compile()
-        state, metrics = compiled(state, self.batch, teacher_vars)
+        compiled = jitted.lower(state, *args).compile()
+        state, metrics = compiled(state, *args)
         jax.block_until_ready((state, metrics))
         compile_s = time.perf_counter() - t0
 
         def step():
             nonlocal state, metrics
-            state, metrics = compiled(state, self.batch, teacher_vars)
+            state, metrics = compiled(state, *args)
             jax.block_until_ready((state, metrics))
 
         times = timed_loop(step, setting)
@@ -192,3 +167,26 @@ class JaxBench:
             - mem.alias_size_in_bytes))
         result["peak_bytes"] = device_peak_bytes(self.mesh.devices.flat[0])
         return result, init_vars
+
+    def step(self, method: Method) -> tuple[Callable, object, tuple, dict]:
+        """``(jitted step, packed states, (batch, teacher variables, learning rate,
+        weights), initial host variables)`` of ``method``: the loop's step for its runs,
+        at the CIFAR recipe's initial learning rate."""
+        model = self.model(method.student)
+        optimizer = Optimizer.of(CIFAR_RECIPE)
+        state = create_train_state(model, optimizer, jax.random.key(self.seed),
+                                   self.input_shape, self.mesh)
+        init_vars = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+        objectives = method.fused or (method.objective,)
+        teacher_kw, teacher_vars = {}, None
+        if method.teacher:
+            teacher_model, teacher_vars, _ = self.teacher()
+            teacher_kw = dict(teacher_model=teacher_model, teacher_mean=CIFAR100_MEAN,
+                              teacher_std=CIFAR100_STD)
+        jitted = self.steps.train_step(model, objectives, optimizer, mean=CIFAR100_MEAN,
+                                       std=CIFAR100_STD, augment="crop+flip",
+                                       mode=method.fusion_mode, mesh=self.mesh, **teacher_kw)
+        states = jax.device_put(pack_states([state] * len(objectives)), self.rep)
+        rate = jax.device_put(np.float32(CIFAR_RECIPE.learning_rate), self.rep)
+        weights = jax.device_put(weight_matrix(objectives), self.rep)
+        return jitted, states, (self.batch, teacher_vars, rate, weights), init_vars

@@ -10,7 +10,7 @@ Three kinds of row, all built from ``jkt.train``'s method registry where one exi
 * Rows outside Table 1, whose objectives are spelled out here as data: attention +
   attention-Jacobian transfer, and the Jacobian-norm regulariser on VGG-9.
 * Fused rows: several Table-1 methods trained as runs of one step
-  (``jkt.train.make_fused_train_step``), the layouts ``experiments.distill`` uses.
+  (``jkt.train.make_train_step`` over R runs), the layouts ``experiments.distill`` uses.
 
 ``TABLE1_PROXY`` and ``FUSED_LAYOUTS`` say which rows stand for which part of the
 Table-1 grid when ``jkt.bench.report`` projects its wall time.
@@ -41,7 +41,7 @@ class Method:
       objective: the step's objective; for a fused row the union of ``fused``
         (every term any run uses).
       fused: the objectives of the runs of a fused step (empty: a plain step).
-      fusion_mode: ``"unroll"`` or ``"vmap"`` (``jkt.train.make_fused_train_step``).
+      fusion_mode: ``"unroll"`` or ``"vmap"`` (``jkt.train.make_train_step``).
       members: the Table-1 method names of ``fused``, in run order.
     """
 

@@ -1,4 +1,4 @@
-"""Data paths (local or ``gs://``-style URIs) and the on-disk cache of decoded arrays.
+"""The on-disk cache of decoded arrays (data paths: :mod:`jkt.paths`).
 
 Decoding a dataset (PNG records, image files) costs far more than reading the decoded
 ``uint8`` arrays back, so each source stores what it decoded as one uncompressed ``.npz``
@@ -7,9 +7,6 @@ a digest of the data's identity: its path plus the name, size and mtime of every
 it, the source's own parameters and :data:`CACHE_VERSION`; changing any of them starts a new
 entry. Entries are written atomically (temporary file, then rename), and the zip CRC of
 every member is checked on reading: a damaged entry costs one warning and a rebuild.
-
-Data paths are :class:`etils.epath.Path`, not :class:`pathlib.Path` (which would turn
-``gs://bucket`` into ``gs:/bucket``): URIs reach the storage backend unchanged.
 """
 
 from __future__ import annotations
@@ -22,17 +19,17 @@ import os
 import struct
 import zipfile
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 from etils import epath
 
+from jkt.paths import as_path, scheme, storage_errors  # noqa: F401  (data paths)
+
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 2
-URI_SCHEMES = ("gs", "s3", "az", "hf")  # the schemes etils.epath has backends for
-_BACKENDS = {"gs": "gcsfs (or tensorflow)", "s3": "s3fs", "az": "adlfs", "hf": "huggingface_hub"}
 
 
 def default_cache_dir() -> Path:
@@ -42,43 +39,6 @@ def default_cache_dir() -> Path:
 
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
-
-
-# ---------------------------------------------------------------------------- paths
-
-
-def scheme(path: str | os.PathLike) -> str | None:
-    """``"gs"`` for ``gs://bucket/x``; ``None`` for a local path."""
-    head, sep, _ = os.fspath(path).partition("://")
-    return head if sep else None
-
-
-def as_path(value: str | os.PathLike) -> epath.Path:
-    """A data path as :class:`epath.Path`; ``~`` is expanded for local paths only.
-
-    Raises:
-      ValueError: a URI scheme that :mod:`etils.epath` has no backend for.
-    """
-    text = os.fspath(value)
-    s = scheme(text)
-    if s is None:
-        return epath.Path(text).expanduser()
-    if s not in URI_SCHEMES:
-        supported = ", ".join(f"{u}://" for u in URI_SCHEMES)
-        raise ValueError(f"unsupported storage scheme {s}:// in {text!r}: use a local path "
-                         f"or one of {supported}")
-    return epath.Path(text)
-
-
-@contextlib.contextmanager
-def storage_errors(path: epath.Path) -> Iterator[None]:
-    """Turns a missing storage backend (``gs://`` without ``gcsfs``...) into one line."""
-    try:
-        yield
-    except (ImportError, NotImplementedError) as e:
-        s = scheme(path)
-        hint = f"; pip install {_BACKENDS[s]} to read {s}:// paths" if s in _BACKENDS else ""
-        raise ValueError(f"cannot read {path}: {_one_line(e)}{hint}") from e
 
 
 def _list_local(top: str) -> list[tuple[str, int, int]]:

@@ -6,7 +6,7 @@ Images are batches ``(B, H, W, C)``. The usual order inside a jitted step is
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +28,18 @@ def normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float]) ->
     mean = jnp.asarray(mean, jnp.float32)
     std = jnp.asarray(std, jnp.float32)
     return (x - mean) / std
+
+
+def renormalizer(mean: Sequence[float], std: Sequence[float],
+                 to_mean: Sequence[float] | None, to_std: Sequence[float] | None) -> Callable:
+    """``x -> (x * std + mean - to_mean) / to_std``: inputs normalised with ``mean``/``std``
+    renormalised to ``to_mean``/``to_std`` (a teacher's own statistics); the identity when
+    ``to_mean`` is ``None`` or both normalisations are equal."""
+    if to_mean is None or (tuple(to_mean) == tuple(mean) and tuple(to_std) == tuple(std)):
+        return lambda z: z
+    m, s = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
+    tm, ts = jnp.asarray(to_mean, jnp.float32), jnp.asarray(to_std, jnp.float32)
+    return lambda z: (z * s + m - tm) / ts
 
 
 def augment(

@@ -38,7 +38,7 @@ from jkt.train import (
     StepCache,
     TrainConfig,
     fusion_groups,
-    train_and_evaluate_fused,
+    train_and_evaluate,
 )
 from jkt.train.methods import METHODS, TABLE1_METHODS, method_objective
 from jkt.train.objective import ESTIMATORS, Objective
@@ -133,7 +133,7 @@ class DistillConfig:
 # The grid.
 
 
-def load_teacher(cfg: DistillConfig, ds: data.Dataset, workdir: Path, mesh):
+def load_teacher(cfg: DistillConfig, ds: data.Dataset, workdir: Path, mesh, stop=None):
     """The artifact at ``cfg.teacher_artifact``, or a teacher trained into ``workdir``."""
     if cfg.teacher_artifact:
         check_teacher_artifact(cfg.teacher_artifact, cfg.teacher, ds.num_classes)
@@ -141,7 +141,7 @@ def load_teacher(cfg: DistillConfig, ds: data.Dataset, workdir: Path, mesh):
     return train_teacher(ds, workdir / "teacher", arch=cfg.teacher,
                          model_options=cfg.teacher_options, optim=cfg.teacher_optim,
                          max_steps=cfg.teacher_max_steps, checkpoint_every=cfg.checkpoint_every,
-                         progress=cfg.progress, augment=cfg.data.augment, mesh=mesh)
+                         progress=cfg.progress, augment=cfg.data.augment, mesh=mesh, stop=stop)
 
 
 def objectives(cfg: DistillConfig) -> dict[str, Objective]:
@@ -165,15 +165,16 @@ def method_groups(cfg: DistillConfig, objectives: dict) -> list[list[str]]:
     return [[cfg.methods[i] for i in g] for g in groups]
 
 
-def run(cfg: DistillConfig, *, mesh=None) -> list[dict]:
-    """Runs (or resumes) the whole grid and writes results.{csv,md,png}; returns the rows."""
+def run(cfg: DistillConfig, *, mesh=None, stop=None) -> list[dict]:
+    """Runs (or resumes) the whole grid and writes results.{csv,md,png}; returns the rows.
+    ``stop``: polled after every training step (see :func:`jkt.train.train_and_evaluate`)."""
     mesh, workdir, ds = start(cfg, mesh)
     print(f"{ds.summary()}, {parallel.process_count_str(mesh)}")
     # Subsets are drawn before training so that a bad n fails at once, not hours in.
     subsets = {(n, s): data.train_and_val(ds, n, s, cfg.data)
                for n in cfg.n_per_class for s in cfg.seeds}
     describe_subsets(subsets, cfg.seeds[0], cfg.data, cfg.optim, cfg.max_steps)
-    teacher = load_teacher(cfg, ds, workdir, mesh)
+    teacher = load_teacher(cfg, ds, workdir, mesh, stop)
     t_acc = teacher.meta.extra.get("test_accuracy")
     student_options = dict(cfg.student_options)
     if cfg.dtype != "float32":  # only the compute dtype changes; weights stay float32
@@ -181,7 +182,7 @@ def run(cfg: DistillConfig, *, mesh=None) -> list[dict]:
         student_options["dtype"] = cfg.dtype
     objs = objectives(cfg)
     groups = method_groups(cfg, objs)
-    step_cache = StepCache()  # one compiled step per method group, not per run
+    steps = StepCache()  # one compiled step per method group, not per run
     rows = []
     bar = tqdm(total=len(cfg.methods) * len(cfg.n_per_class) * len(cfg.seeds), desc="grid",
                position=0, dynamic_ncols=True, disable=not cfg.progress)
@@ -203,11 +204,12 @@ def run(cfg: DistillConfig, *, mesh=None) -> list[dict]:
             t0 = time.time()
             train, val = subsets[(n, seed)]
             try:
-                results = train_and_evaluate_fused(
+                results = train_and_evaluate(
                     cfgs, train, {"val": val, "test": ds.test},
                     num_classes=ds.num_classes, mean=ds.mean, std=ds.std, workdirs=run_dirs,
                     teacher=teacher, mesh=mesh, descs=names,
-                    mode="unroll" if cfg.fusion == "off" else cfg.fusion, step_cache=step_cache)
+                    mode="unroll" if cfg.fusion == "off" else cfg.fusion, steps=steps,
+                    stop=stop)
             except NonFiniteLossError as e:
                 raise NonFiniteLossError(f"run {' / '.join(names)}: {e}") from e
             skipped = time.time() - t0 < 0.5

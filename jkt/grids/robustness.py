@@ -143,11 +143,11 @@ def make_grad_norm_fn(model, mean, std):
 
 
 def noise_evaluation(model, variables, ds, p: RobustnessConfig, mesh, batch_size: int, *,
-                     step_cache: StepCache | None = None) -> dict:
+                     steps: StepCache | None = None) -> dict:
     """Accuracy at every σ (mean and std over draws) and the mean clean gradient norm.
-    ``step_cache``: shares the jitted evaluation and gradient-norm functions between the
-    rows of one model (``None``: fresh ones)."""
-    cache = StepCache() if step_cache is None else step_cache
+    ``steps``: shares the jitted evaluation and gradient-norm functions between the rows of
+    one model (``None``: fresh ones)."""
+    cache = StepCache() if steps is None else steps
     eval_fn = cache.eval_step(model, mean=ds.mean, std=ds.std)
     out = {"sigmas": {}}
     for sigma in p.sigmas:
@@ -172,14 +172,15 @@ def train_config(p: RobustnessConfig, spec: ModelRow) -> TrainConfig:
                        augment=p.data.augment)
 
 
-def run(p: RobustnessConfig, *, mesh=None) -> list[dict]:
-    """Trains and evaluates every model row (resumable); writes the outputs; returns rows."""
+def run(p: RobustnessConfig, *, mesh=None, stop=None) -> list[dict]:
+    """Trains and evaluates every model row (resumable); writes the outputs; returns rows.
+    ``stop``: polled after every training step (see :func:`jkt.train.train_and_evaluate`)."""
     mesh, workdir, ds = start(p, mesh)
     print(f"{ds.summary()}, {parallel.process_count_str(mesh)}")
     specs = model_rows(p)
     # Rows of one model share their compiled steps: the λ rows one train step (weights
     # are step arguments), every row the eval step, init and noise evaluation.
-    step_cache = StepCache()
+    steps = StepCache()
     rows = []
     bar = tqdm(total=len(specs), desc="models", position=0, dynamic_ncols=True,
                disable=not p.progress)
@@ -192,13 +193,13 @@ def run(p: RobustnessConfig, *, mesh=None) -> list[dict]:
                                                  "data": config_lib.to_dict(p.data)},
                          what=f"model {spec.name}", ignore=RECORD_MAY_CHANGE)
             try:
-                res = train_and_evaluate(cfg, ds.train, {"val": ds.val, "test": ds.test},
-                                         num_classes=ds.num_classes, mean=ds.mean, std=ds.std,
-                                         workdir=run_dir, mesh=mesh, desc=spec.name,
-                                         step_cache=step_cache)
+                res, = train_and_evaluate([cfg], ds.train, {"val": ds.val, "test": ds.test},
+                                          num_classes=ds.num_classes, mean=ds.mean, std=ds.std,
+                                          workdirs=[run_dir], mesh=mesh, descs=[spec.name],
+                                          steps=steps, stop=stop)
             except NonFiniteLossError as e:
                 raise NonFiniteLossError(f"model {spec.name}: {e}") from e
-            noise = noise_result(p, cfg, ds, run_dir, mesh, step_cache=step_cache)
+            noise = noise_result(p, cfg, ds, run_dir, mesh, steps=steps)
             rows += [{"model": spec.name, "sigma": float(sigma), "accuracy": acc["mean"],
                       "accuracy_std": acc["std"], "draws": len(acc["draws"]),
                       "clean_val_accuracy": res.accuracy.get("val"),
@@ -214,14 +215,13 @@ def run(p: RobustnessConfig, *, mesh=None) -> list[dict]:
 
 
 def noise_result(p: RobustnessConfig, cfg: TrainConfig, ds, run_dir: Path, mesh, *,
-                 step_cache: StepCache | None = None) -> dict:
+                 steps: StepCache | None = None) -> dict:
     """The run's stored ``noise_eval.json``, or a fresh :func:`noise_evaluation` saved there."""
     path = run_dir / NOISE_FILE
     if path.exists():
         return json.loads(path.read_text())
     model, variables = final_variables(run_dir, cfg, ds.num_classes, ds.image_shape, mesh=mesh)
-    noise = noise_evaluation(model, variables, ds, p, mesh, cfg.eval_batch_size,
-                             step_cache=step_cache)
+    noise = noise_evaluation(model, variables, ds, p, mesh, cfg.eval_batch_size, steps=steps)
     if is_writer():
         paths.write_text(path, json.dumps(noise, indent=1))
     return noise

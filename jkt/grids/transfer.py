@@ -33,6 +33,7 @@ from jkt.grids.validate import (
     start,
 )
 from jkt.models.taps import auto_pairs, pair_name, parse_pair
+from jkt.models.teacher import Teacher
 from jkt.report import transfer as report
 from jkt.train import NonFiniteLossError, Objective, StepCache, TrainConfig, train_and_evaluate
 from jkt.train.methods import JACOBIAN_ROWS, TRANSFER_METHODS, transfer_objective
@@ -258,7 +259,8 @@ def check_source_student(cfg: TransferConfig, source: Dataset | None, t_classes:
                          f"{t_classes} classes) or leave 'oracle' out of --methods")
 
 
-def pretrained_student(cfg: TransferConfig, source: Dataset | None, t_classes: int, mesh) -> dict:
+def pretrained_student(cfg: TransferConfig, source: Dataset | None, t_classes: int, mesh,
+                       stop=None) -> dict:
     """Variables of the student architecture pretrained with CE on the source task."""
     opts = {k: v for k, v in cfg.student_options.items() if k != "source_classes"}
     if cfg.source_student:
@@ -268,26 +270,27 @@ def pretrained_student(cfg: TransferConfig, source: Dataset | None, t_classes: i
                             model_options=opts, optim=cfg.teacher_optim,
                             max_steps=cfg.teacher_max_steps, checkpoint_every=cfg.checkpoint_every,
                             progress=cfg.progress, mesh=mesh, seed=SOURCE_STUDENT_SEED,
-                            augment=cfg.data.augment)
+                            augment=cfg.data.augment, stop=stop)
     if art.meta.num_classes != t_classes:
         raise ValueError(f"source-pretrained student has {art.meta.num_classes} classes, the "
                          f"teacher {t_classes}")
     return art.variables
 
 
-def load_teacher(cfg: TransferConfig, source: Dataset | None, mesh) -> checkpoint.Teacher:
+def load_teacher(cfg: TransferConfig, source: Dataset | None, mesh, stop=None) -> Teacher:
     if cfg.teacher_artifact:
         return checkpoint.restore_teacher(cfg.teacher_artifact)
     return train_teacher(source, paths.as_dir(cfg.workdir) / "teacher", arch=cfg.teacher,
                          model_options=cfg.teacher_options, optim=cfg.teacher_optim,
                          max_steps=cfg.teacher_max_steps, checkpoint_every=cfg.checkpoint_every,
-                         progress=cfg.progress, augment=cfg.data.augment, mesh=mesh)
+                         progress=cfg.progress, augment=cfg.data.augment, mesh=mesh, stop=stop)
 
 
-def run(cfg: TransferConfig, *, mesh=None) -> dict[str, list[dict]]:
+def run(cfg: TransferConfig, *, mesh=None, stop=None) -> dict[str, list[dict]]:
     """Runs (or resumes) the whole grid and writes the tables and plots; returns the rows
     by kind (``main``, ``depth``, ``pool``). Everything that can be checked (classes, tap
-    pairs, subset sizes, teacher shape) is checked before any training."""
+    pairs, subset sizes, teacher shape) is checked before any training. ``stop``: polled
+    after every training step (see :func:`jkt.train.train_and_evaluate`)."""
     import jax
 
     mesh, workdir, ds = start(cfg, mesh)
@@ -308,10 +311,10 @@ def run(cfg: TransferConfig, *, mesh=None) -> dict[str, list[dict]]:
     wants_oracle = any(r.method == "oracle" for r in runs)
     if wants_oracle:
         check_source_student(cfg, source, t_classes)
-    teacher = load_teacher(cfg, source, mesh)
+    teacher = load_teacher(cfg, source, mesh, stop)
     oracle_init = None
     if wants_oracle:
-        pretrained = pretrained_student(cfg, source, t_classes, mesh)
+        pretrained = pretrained_student(cfg, source, t_classes, mesh, stop)
         oracle_init = jax.device_get(oracle_variables(student, pretrained, target.image_shape))
 
     info = {"teacher_accuracy": teacher.meta.extra.get("test_accuracy"),
@@ -319,7 +322,7 @@ def run(cfg: TransferConfig, *, mesh=None) -> dict[str, list[dict]]:
                        f"{teacher.meta.num_classes} classes)",
             "target": target.name, "analogue": source is not None}
     rows = {"main": [], "depth": [], "pool": []}
-    step_cache = StepCache()  # one compiled step per objective, not per run
+    steps = StepCache()  # one compiled step per objective, not per run
     bar = tqdm(total=len(runs), desc="grid", position=0, dynamic_ncols=True,
                disable=not cfg.progress)
     try:
@@ -339,12 +342,12 @@ def run(cfg: TransferConfig, *, mesh=None) -> dict[str, list[dict]]:
             t0 = time.time()
             train, val = subsets[(r.n, r.seed)]
             try:
-                res = train_and_evaluate(
-                    train_cfg, train, {"val": val, "test": target.test},
+                res, = train_and_evaluate(
+                    [train_cfg], train, {"val": val, "test": target.test},
                     num_classes=target.num_classes, mean=teacher.meta.mean,
-                    std=teacher.meta.std, workdir=run_dir, teacher=teacher, mesh=mesh,
-                    init_variables=oracle_init if r.method == "oracle" else None, desc=r.name,
-                    step_cache=step_cache)
+                    std=teacher.meta.std, workdirs=[run_dir], teacher=teacher, mesh=mesh,
+                    init_variables=oracle_init if r.method == "oracle" else None,
+                    descs=[r.name], steps=steps, stop=stop)
             except NonFiniteLossError as e:
                 raise NonFiniteLossError(f"run {r.name}: {e}") from e
             rows[r.kind].append(result_row(r, res, run_dir,

@@ -1,15 +1,18 @@
-"""Training engine: loss composer, named methods, pure train/eval steps, jitted loop."""
+"""Training engine: the loss composer, named methods, the train step, the loop, teachers.
 
-from jkt.train.fused import FUSION_MODES, fusion_groups, make_fused_train_step
+The call path of a grid's run: :func:`jkt.train.loop.train_and_evaluate` (the loop) ->
+``train_step`` of :func:`jkt.train.step.make_train_step` (the step) ->
+:func:`jkt.train.objective.compose_losses` (the objective) ->
+:func:`jkt.penalties.jacobian_terms` (the Jacobian terms).
+"""
+
+from jkt.train.fused import FUSION_MODES, fusion_groups, pack_states
 from jkt.train.loop import (
-    NonFiniteLossError,
-    RunResult,
     TrainConfig,
     evaluate,
     final_variables,
     total_steps,
     train_and_evaluate,
-    train_and_evaluate_fused,
 )
 from jkt.train.methods import (
     JACOBIAN_ROWS,
@@ -21,26 +24,28 @@ from jkt.train.methods import (
     method_objective,
     transfer_objective,
 )
+from jkt.train.metrics import NonFiniteLossError
 from jkt.train.objective import ESTIMATORS, Objective, compose_losses
 from jkt.train.optim import (
     CIFAR_RECIPE,
     MIT_RECIPE,
     RECIPES,
     OptimConfig,
-    ScheduledOptimizer,
+    Optimizer,
+    learning_rate_schedule,
+    learning_rates,
     make_optimizer,
 )
+from jkt.train.results import RunResult
 from jkt.train.state import TrainState, create_train_state
-from jkt.train.step import make_eval_step, make_train_step
-from jkt.train.step_cache import StepCache
+from jkt.train.step import StepCache, make_eval_step, make_train_step
 
 __all__ = [
-    "CIFAR_RECIPE", "ESTIMATORS", "JACOBIAN_ROWS", "METHODS", "METHOD_LABELS", "MIT_RECIPE",
-    "RECIPES",
-    "NonFiniteLossError", "Objective", "OptimConfig", "RunResult", "TABLE1_METHODS",
-    "TRANSFER_LABELS", "TRANSFER_METHODS", "TrainConfig", "TrainState", "compose_losses",
-    "create_train_state", "evaluate", "final_variables", "make_eval_step", "make_optimizer",
-    "make_train_step", "method_objective", "total_steps", "train_and_evaluate",
-    "train_and_evaluate_fused", "transfer_objective",
-    "FUSION_MODES", "fusion_groups", "make_fused_train_step", "ScheduledOptimizer", "StepCache",
+    "CIFAR_RECIPE", "ESTIMATORS", "FUSION_MODES", "JACOBIAN_ROWS", "METHODS", "METHOD_LABELS",
+    "MIT_RECIPE", "NonFiniteLossError", "Objective", "OptimConfig", "Optimizer", "RECIPES",
+    "RunResult", "StepCache", "TABLE1_METHODS", "TRANSFER_LABELS", "TRANSFER_METHODS",
+    "TrainConfig", "TrainState", "compose_losses", "create_train_state", "evaluate",
+    "final_variables", "fusion_groups", "learning_rate_schedule", "learning_rates",
+    "make_eval_step", "make_optimizer", "make_train_step", "method_objective", "pack_states",
+    "total_steps", "train_and_evaluate", "transfer_objective",
 ]

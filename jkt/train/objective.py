@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -102,42 +101,6 @@ def _split_heads(out):
     return out, out
 
 
-class _Net(NamedTuple):
-    """One network evaluated at the batch ``x`` (B, *D).
-
-    Attributes:
-      logits: ``(B, K)`` outputs matched against the other network (the student's source
-        head for a two-head student).
-      target: ``(B, K_target)`` outputs scored against the labels (the teacher: ``logits``).
-      features: ``{tap: (B, H, W, C)}``.
-      pooled: ``(B, H', W')`` pooled attention map at the ``att_jac`` tap, or ``None``.
-      pulls: ``{"logits", "pooled": cotangent -> (B, *D) input gradient}`` sharing this
-        network's forward pass; ``None`` when no Jacobian is taken.
-      logits_fn: ``z -> logits`` (for forward-mode probes).
-      aux: passed through from ``student_fn`` (e.g. new batch statistics).
-    """
-
-    logits: jax.Array
-    target: jax.Array
-    features: dict
-    pooled: jax.Array | None
-    pulls: dict | None
-    logits_fn: Callable
-    aux: Any = None
-
-
-def _evaluate(forward: Callable, x: jax.Array, differentiate: bool) -> _Net:
-    """Runs ``forward: z -> ({"logits"[, "pooled"]}, (target, features, aux))`` once at
-    ``x``, keeping its pullbacks if ``differentiate``."""
-    if differentiate:
-        outs, pull, (target, features, aux) = jj.pullback(forward, x, has_aux=True)
-        pulls = jj.output_pullbacks(outs, pull)
-    else:
-        (outs, (target, features, aux)), pulls = forward(x), None
-    return _Net(outs["logits"], target, features, outs.get("pooled"), pulls,
-                lambda z: forward(z)[0]["logits"], aux)
-
-
 def _pooled(features: jax.Array, fraction: float | None) -> jax.Array:
     return jj.pooled_attention(features, jj.pooling_window(features.shape[1:3], fraction))
 
@@ -154,7 +117,7 @@ def _student_forward(o: Objective, student_fn: Callable) -> Callable:
     return forward
 
 
-def _teacher_forward(o: Objective, teacher_fn: Callable, student: _Net) -> Callable:
+def _teacher_forward(o: Objective, teacher_fn: Callable, student: jj.Pass) -> Callable:
     def forward(z):
         logits, features = teacher_fn(z)
         outs = {"logits": logits}
@@ -167,7 +130,7 @@ def _teacher_forward(o: Objective, teacher_fn: Callable, student: _Net) -> Calla
     return forward
 
 
-def _frozen(net: _Net) -> _Net:
+def _frozen(net: jj.Pass) -> jj.Pass:
     """The teacher's outputs behind ``stop_gradient`` (its Jacobian rows are stopped where
     they are taken: a stopped ``logits_fn`` would have a zero forward-mode derivative)."""
     return net._replace(logits=jax.lax.stop_gradient(net.logits),
@@ -175,18 +138,18 @@ def _frozen(net: _Net) -> _Net:
                         pooled=jax.lax.stop_gradient(net.pooled))
 
 
-def _networks(o: Objective, student_fn, teacher_fn, x) -> tuple[_Net, _Net | None]:
+def _networks(o: Objective, student_fn, teacher_fn, x) -> tuple[jj.Pass, jj.Pass | None]:
     """The student and (if the objective matches one) the frozen teacher at ``x``, each
     differentiated once if any of its Jacobians is needed."""
     if o.needs_teacher and teacher_fn is None:
         raise ValueError("this objective matches a teacher, but no teacher was given")
     reverse = penalties.reverse_mode(o.estimator)
-    s = _evaluate(_student_forward(o, student_fn), x,
-                  ((o.jac > 0 or o.jac_norm > 0) and reverse) or o.att_jac > 0)
+    s = jj.run_once(_student_forward(o, student_fn), x,
+                    differentiate=((o.jac > 0 or o.jac_norm > 0) and reverse) or o.att_jac > 0)
     if teacher_fn is None or not o.needs_teacher:
         return s, None
-    t = _frozen(_evaluate(_teacher_forward(o, teacher_fn, s), x,
-                          (o.jac > 0 and reverse) or o.att_jac > 0))
+    t = _frozen(jj.run_once(_teacher_forward(o, teacher_fn, s), x,
+                            differentiate=(o.jac > 0 and reverse) or o.att_jac > 0))
     if s.logits.shape != t.logits.shape:
         raise ValueError(
             f"student outputs matched against the teacher have shape {s.logits.shape}, "
@@ -195,7 +158,7 @@ def _networks(o: Objective, student_fn, teacher_fn, x) -> tuple[_Net, _Net | Non
     return s, t
 
 
-def _output_terms(o: Objective, s: _Net, t: _Net | None, labels) -> dict:
+def _output_terms(o: Objective, s: jj.Pass, t: jj.Pass | None, labels) -> dict:
     terms = {}
     if o.ce > 0:
         terms["ce"] = losses.cross_entropy(s.target, labels)
@@ -204,14 +167,7 @@ def _output_terms(o: Objective, s: _Net, t: _Net | None, labels) -> dict:
     return terms
 
 
-def _logits_pass(net: _Net | None) -> penalties.Pass | None:
-    """The matched logits of ``net`` and their pullback, as the Jacobian core takes them."""
-    if net is None:
-        return None
-    return penalties.Pass(net.logits, net.pulls and net.pulls["logits"], net.logits_fn)
-
-
-def _jacobian_terms(o: Objective, s: _Net, t: _Net | None, x, labels, key) -> dict:
+def _jacobian_terms(o: Objective, s: jj.Pass, t: jj.Pass | None, x, labels, key) -> dict:
     """``jac`` (prop. 1, or eq. 10 with ``normalize``) and ``jac_norm`` (prop. 2), by
     :func:`jkt.penalties.jacobian_terms`, the core of the public entry point too."""
     if not (o.jac > 0 or o.jac_norm > 0):
@@ -219,12 +175,11 @@ def _jacobian_terms(o: Objective, s: _Net, t: _Net | None, x, labels, key) -> di
     if o.estimator == "label" and t is not None and t.logits.shape[1] != s.target.shape[1]:
         raise ValueError("the 'label' estimator needs student and teacher in the label "
                          "space of the labels; use 'top' for transfer (two-head) runs")
-    return penalties.jacobian_terms(o.estimator, _logits_pass(s), _logits_pass(t), x, labels,
-                                    key, normalize=o.normalize, match=o.jac > 0,
-                                    norm=o.jac_norm > 0)
+    return penalties.jacobian_terms(o.estimator, s, t, x, labels, key, normalize=o.normalize,
+                                    match=o.jac > 0, norm=o.jac_norm > 0)
 
 
-def _attention_terms(o: Objective, s: _Net, t: _Net | None) -> dict:
+def _attention_terms(o: Objective, s: jj.Pass, t: jj.Pass | None) -> dict:
     """``att`` (eq. 9, summed over the pairs) and ``att_jac`` (eq. 10 on the input
     gradients of the teacher's arg-max pooled-attention pixel, §5.2.1)."""
     terms = {}
@@ -255,8 +210,8 @@ def compose_losses(
 ):
     """Evaluates every weighted term of ``objective`` on one batch.
 
-    Each network runs forward once; every Jacobian of it (estimator rows, the attention
-    pixel's gradient) is a pullback of that pass (:func:`jkt.jacobian.pullback`).
+    Each network runs forward once (:func:`jkt.jacobian.run_once`); every Jacobian of it
+    (estimator rows, the attention pixel's gradient) is a pullback of that pass.
 
     Args:
       objective: weights and options.

@@ -1,18 +1,18 @@
 """Optimisers and learning-rate schedules of appendix 10.3, built from optax.
 
-:func:`make_optimizer` bakes a run's schedule boundaries (which depend on its number of
-examples and steps) into the transformation. :class:`ScheduledOptimizer` is the same
-transformation with those boundaries left out: the training loop passes them to its
-jitted step as small arrays (:func:`schedule_arrays`), so runs that differ only in their
-data size or step count share one compiled step.
+The schedule is optax's (:func:`learning_rate_schedule`); its boundaries depend on a run's
+number of examples and steps. The training loop evaluates it on the host
+(:func:`learning_rates`) and passes the current rate to its jitted step, which builds the
+optax transformation at that rate (:class:`Optimizer`): runs that differ only in their
+data size, step count or schedule share one compiled step. :func:`make_optimizer` is the
+same transformation with the schedule inside, for a loop of your own.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
-import jax.numpy as jnp
+import jax
 import numpy as np
 import optax
 
@@ -81,100 +81,62 @@ def learning_rate_schedule(cfg: OptimConfig, steps_per_epoch: int,
         cfg.learning_rate, {b: cfg.decay_factor for b in bounds if b > 0})
 
 
-def make_optimizer(cfg: OptimConfig, steps_per_epoch: int,
-                   total_steps: int | None = None) -> optax.GradientTransformation:
-    """The optax transformation for ``cfg`` (see :func:`decay_boundaries`)."""
-    lr = learning_rate_schedule(cfg, steps_per_epoch, total_steps)
-    return _chain(cfg.name, cfg.momentum, cfg.weight_decay, lr)
-
-
-def _chain(name: str, momentum: float, weight_decay: float,
-           lr: optax.Schedule) -> optax.GradientTransformation:
-    """Optional coupled weight decay, then Adam or SGD with momentum at rate ``lr``."""
-    parts = []
-    if weight_decay > 0:
-        parts.append(optax.add_decayed_weights(weight_decay))
-    if name == "adam":
-        parts.append(optax.adam(lr))
-    else:
-        parts.append(optax.sgd(lr, momentum=momentum))
-    return optax.chain(*parts)
-
-
-def schedule_arrays(cfg: OptimConfig, steps_per_epoch: int,
-                    total_steps: int | None = None) -> dict[str, np.ndarray]:
-    """The run-dependent constants of :func:`learning_rate_schedule` as arrays.
-
-    Returns ``{"boundaries": int32 (K,), "scales": float32 (K,)}`` with
-    ``K = len(cfg.decay_epochs)``: the distinct positive :func:`decay_boundaries` in
-    ascending order, each with scale ``decay_factor`` (what the optax schedule's
-    ``{boundary: scale}`` dict holds), then padding entries (boundary 0, scale 1) that
-    leave the rate unchanged, so that ``K`` depends on the config only.
-    """
-    if cfg.decay_factor < 0:
-        raise ValueError(f"decay_factor must be >= 0, got {cfg.decay_factor}")
-    bounds = sorted({b for b in decay_boundaries(cfg, steps_per_epoch, total_steps) if b > 0})
-    pad = len(cfg.decay_epochs) - len(bounds)
-    return {"boundaries": np.array(bounds + [0] * pad, np.int32),
-            "scales": np.array([cfg.decay_factor] * len(bounds) + [1.0] * pad, np.float32)}
-
-
-def scheduled_learning_rate(learning_rate: float, schedule: dict[str, Any]) -> optax.Schedule:
-    """``count -> rate`` of :func:`schedule_arrays`' ``schedule`` (numpy or traced arrays).
-
-    The arithmetic of ``optax.piecewise_constant_schedule``, operation for operation,
-    with each boundary and scale read from the arrays instead of Python constants: the
-    rates are bit for bit optax's. A padding entry (scale 1) returns ``v * 0 + 1 * v`` or
-    ``v * 1 + 0 * v``, i.e. ``v`` exactly.
-    """
-    boundaries, scales = schedule["boundaries"], schedule["scales"]
-
-    def lr(count):
-        v = learning_rate
-        for i in range(len(boundaries)):
-            indicator = jnp.maximum(0.0, jnp.sign(jnp.asarray(boundaries[i]) - count))
-            v = v * indicator + (1 - indicator) * jnp.asarray(scales[i]) * v
-        return v
-
-    return lr
-
-
 @dataclasses.dataclass(frozen=True)
-class ScheduledOptimizer:
-    """:func:`make_optimizer`'s transformation without the run's schedule boundaries.
+class Optimizer:
+    """The optax transformation of an :class:`OptimConfig` at a learning rate given when it
+    is built: what a compiled train step is built from (equal and hashable for equal
+    fields; the schedule stays on the host).
 
-    Holds only what fixes the program and the optimiser state's structure (optimiser,
-    initial rate, momentum, weight decay, number of decay points); the boundaries and
-    scales come at update time (:meth:`bind` of :func:`schedule_arrays`). Equal and
-    hashable for equal fields, so the train states of runs that differ in their number
-    of examples, steps or epochs are the same pytree type to ``jax.jit`` and one compiled
-    step serves all of them. Its optimiser state has the structure of
-    :func:`make_optimizer`'s (checkpoints of either restore into the other).
+    ``Optimizer.of(cfg)(learning_rate)`` is optional coupled weight decay
+    (``optax.add_decayed_weights``), then ``optax.adam`` or ``optax.sgd`` with momentum.
+    ``learning_rate`` is a number, an optax schedule, or a traced scalar (the train step
+    passes the current step's rate); a number is wrapped as a constant schedule, so the
+    optimiser state has one structure, that of a scheduled optax optimiser, whatever is
+    passed (checkpoints of every kind restore into each other).
     """
 
-    name: str
-    learning_rate: float
-    momentum: float
-    weight_decay: float
-    num_boundaries: int
+    name: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
 
     @classmethod
-    def of(cls, cfg: OptimConfig) -> ScheduledOptimizer:
-        return cls(cfg.name, cfg.learning_rate, cfg.momentum, cfg.weight_decay,
-                   len(cfg.decay_epochs))
+    def of(cls, cfg: OptimConfig) -> Optimizer:
+        return cls(cfg.name, cfg.momentum, cfg.weight_decay)
 
-    def bind(self, schedule: dict[str, Any]) -> optax.GradientTransformation:
-        """The optax transformation at :func:`schedule_arrays`' ``schedule`` (may be
-        traced): :func:`make_optimizer`'s, with the same updates bit for bit."""
-        return _chain(self.name, self.momentum, self.weight_decay,
-                      scheduled_learning_rate(self.learning_rate, schedule))
+    def __call__(self, learning_rate) -> optax.GradientTransformation:
+        lr = learning_rate if callable(learning_rate) else (lambda count: learning_rate)
+        parts = []
+        if self.weight_decay > 0:
+            parts.append(optax.add_decayed_weights(self.weight_decay))
+        if self.name == "adam":
+            parts.append(optax.adam(lr))
+        else:
+            parts.append(optax.sgd(lr, momentum=self.momentum))
+        return optax.chain(*parts)
 
     def init(self, params):
-        """The optimiser state of ``params`` (independent of the schedule)."""
-        k = self.num_boundaries
-        return self.bind({"boundaries": np.zeros(k, np.int32),
-                          "scales": np.ones(k, np.float32)}).init(params)
+        """The optimiser state of ``params`` (independent of the learning rate)."""
+        return self(0.0).init(params)
 
-    def update(self, updates, state, params=None):
-        raise TypeError("a ScheduledOptimizer updates only once bound to its schedule: "
-                        "use .bind(schedule_arrays(...)) (or jkt.train.step.with_schedule)")
+
+def make_optimizer(cfg: OptimConfig, steps_per_epoch: int,
+                   total_steps: int | None = None) -> optax.GradientTransformation:
+    """The optax transformation of ``cfg`` with its schedule inside (see
+    :func:`decay_boundaries`)."""
+    return Optimizer.of(cfg)(learning_rate_schedule(cfg, steps_per_epoch, total_steps))
+
+
+def learning_rates(cfg: OptimConfig, steps_per_epoch: int, total_steps: int) -> np.ndarray:
+    """float32 ``(total_steps,)``: :func:`learning_rate_schedule` at every step of a run.
+
+    Evaluated once, on the host's default device, before the run's first step (a rate
+    fetched step by step would wait for the step before it on an accelerator). Each rate
+    is optax's, bit for bit: the schedule multiplies exact 0/1 indicators and scales.
+    """
+    schedule = learning_rate_schedule(cfg, steps_per_epoch, total_steps)
+    steps = np.arange(total_steps, dtype=np.int32)
+    return np.asarray(jax.vmap(schedule)(steps), np.float32).reshape(total_steps)
+
+
+__all__ = ["CIFAR_RECIPE", "MIT_RECIPE", "RECIPES", "OptimConfig", "Optimizer",
+           "decay_boundaries", "learning_rate_schedule", "learning_rates", "make_optimizer"]

@@ -3,13 +3,12 @@ artifact, and the oracle's two-head student initialised from a source-task netwo
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
 from jkt import checkpoint, models, paths
 from jkt import config as config_lib
-from jkt.data.types import DataConfig, Dataset
+from jkt.data.types import Dataset
+from jkt.models.teacher import Teacher, TeacherMeta
 from jkt.train.loop import TrainConfig, final_variables, train_and_evaluate
 from jkt.train.objective import Objective
 from jkt.train.optim import CIFAR_RECIPE, OptimConfig
@@ -19,14 +18,15 @@ from jkt.workdir import check_record, is_writer
 def train_teacher(ds: Dataset, out, *, arch: str = "vgg9", model_options: dict | None = None,
                   optim: OptimConfig = CIFAR_RECIPE, max_steps: int | None = None, seed: int = 0,
                   checkpoint_every: int = 1000, progress: bool = True,
-                  augment: str = "crop+flip", mesh=None,
-                  record_name: str = "config.json") -> checkpoint.Teacher:
+                  augment: str = "crop+flip", mesh=None, stop=None,
+                  record_name: str = "config.json") -> Teacher:
     """Trains ``arch`` with cross-entropy on ``ds.train`` (validated on ``ds.val`` when it
     has images) and writes a teacher artifact to ``out/artifact`` (resumable checkpoints
     under ``out/run``, checkpointed every ``checkpoint_every`` steps; ``augment`` as in
-    :class:`jkt.train.TrainConfig`). Returns the restored teacher; an existing artifact is
-    returned without training. ``out/<record_name>`` records what determines the teacher;
-    a later call with other settings stops with one line naming them."""
+    :class:`jkt.train.TrainConfig`; ``stop`` as in :func:`jkt.train.loop.train_and_evaluate`).
+    Returns the restored teacher; an existing artifact is returned without training.
+    ``out/<record_name>`` records what determines the teacher; a later call with other
+    settings stops with one line naming them."""
     out = paths.as_dir(out)
     artifact = out / "artifact"
     record = {"arch": arch, "model_options": dict(model_options or {}),
@@ -41,11 +41,12 @@ def train_teacher(ds: Dataset, out, *, arch: str = "vgg9", model_options: dict |
     cfg = TrainConfig(model=arch, model_options=dict(model_options or {}),
                       objective=Objective(ce=1.0), optim=optim, seed=seed, max_steps=max_steps,
                       checkpoint_every=checkpoint_every, progress=progress, augment=augment)
-    result = train_and_evaluate(cfg, ds.train, {"val": ds.val, "test": ds.test},
-                                num_classes=ds.num_classes, mean=ds.mean, std=ds.std,
-                                workdir=out / "run", mesh=mesh, desc=f"teacher {arch}")
+    result, = train_and_evaluate([cfg], ds.train, {"val": ds.val, "test": ds.test},
+                                 num_classes=ds.num_classes, mean=ds.mean, std=ds.std,
+                                 workdirs=[out / "run"], mesh=mesh, descs=[f"teacher {arch}"],
+                                 stop=stop)
     _, variables = final_variables(out / "run", cfg, ds.num_classes, ds.image_shape, mesh=mesh)
-    meta = checkpoint.TeacherMeta(
+    meta = TeacherMeta(
         arch=arch, num_classes=ds.num_classes, input_size=ds.image_shape, mean=tuple(ds.mean),
         std=tuple(ds.std), dataset=ds.name, model_options=dict(model_options or {}),
         extra={"val_accuracy": result.accuracy.get("val"),
@@ -58,50 +59,6 @@ def train_teacher(ds: Dataset, out, *, arch: str = "vgg9", model_options: dict |
         print(f"teacher {arch} on {len(ds.train)} images: {val}, "
               f"test {result.accuracy['test']:.2%} -> {artifact}")
     return checkpoint.restore_teacher(artifact, expect_arch=arch)
-
-
-@dataclasses.dataclass(frozen=True)
-class TeacherConfig:
-    """A teacher trained with cross-entropy on a whole training split.
-
-    Attributes:
-      workdir: output directory (``artifact/`` and the resumable ``run/``).
-      data: the dataset.
-      arch: architecture; ``model_options`` its ``jkt.models.create`` options.
-      optim: optimiser, schedule, epochs and batch size; ``max_steps`` an optional cap.
-      seed: initialisation and data-order seed.
-      checkpoint_every: steps between checkpoints.
-      progress: show a progress bar.
-    """
-
-    workdir: str = "runs/teacher"
-    data: DataConfig = DataConfig()
-    arch: str = "vgg9"
-    model_options: dict = dataclasses.field(default_factory=dict)
-    optim: OptimConfig = CIFAR_RECIPE
-    max_steps: int | None = None
-    seed: int = 0
-    checkpoint_every: int = 1000
-    progress: bool = True
-
-    def __post_init__(self):
-        from jkt.grids.validate import check_model, check_steps
-
-        check_model(self.arch, self.model_options, "teacher", "model_options")
-        check_steps(self, ("max_steps", "checkpoint_every"))
-
-
-def run(cfg: TeacherConfig, *, mesh=None) -> checkpoint.Teacher:
-    """Loads ``cfg.data`` and :func:`train_teacher` into ``cfg.workdir``."""
-    from jkt import data, parallel
-
-    ds = data.load_config(cfg.data)
-    parallel.barrier("data loaded")  # before the first collective (a checkpoint read)
-    return train_teacher(ds, cfg.workdir, arch=cfg.arch, model_options=cfg.model_options,
-                         optim=cfg.optim, max_steps=cfg.max_steps, seed=cfg.seed,
-                         checkpoint_every=cfg.checkpoint_every, progress=cfg.progress,
-                         augment=cfg.data.augment, mesh=mesh,
-                         record_name="teacher.json")  # config.json: the launch's config
 
 
 def oracle_variables(student, pretrained: dict, image_shape, seed: int = 0) -> dict:
@@ -129,4 +86,4 @@ def oracle_variables(student, pretrained: dict, image_shape, seed: int = 0) -> d
     return out
 
 
-__all__ = ["TeacherConfig", "oracle_variables", "run", "train_teacher"]
+__all__ = ["oracle_variables", "train_teacher"]
