@@ -23,6 +23,7 @@ from pathlib import Path
 import chex
 import numpy as np
 import pytest
+from child_env import child_env
 from PIL import Image
 
 from experiments import prepare_data
@@ -234,12 +235,12 @@ def test_real_tfds_dirs_need_no_tensorflow(tmp_path):
 
 
 @pytest.mark.slow
-def test_distill_cli_on_real_cifar10(tmp_path):
+def test_distill_cli_on_real_cifar10(tmp_path, jax_cache_dir):
     shared = _shared("cifar10")
     before = _snapshot(shared)
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = child_env()
     env.update(JKT_CACHE=str(tmp_path / "cache"), PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
-               JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"), TF_CPP_MIN_LOG_LEVEL="2")
+               JAX_COMPILATION_CACHE_DIR=jax_cache_dir, TF_CPP_MIN_LOG_LEVEL="2")
     cmd = [sys.executable, "-X", "importtime", "-m", "experiments.distill",
            "--dataset", "cifar10", "--data-dir", str(shared), "--methods", "ce",
            "--n-per-class", "2", "--seeds", "0", "--width-multiplier", "0.0625",

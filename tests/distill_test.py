@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from child_env import child_env
 from PIL import Image
 
 from experiments import distill
@@ -44,10 +45,10 @@ def _cmd(folder, workdir, *extra):
             "--val-fraction", "0.2", "--no-progress", *extra]
 
 
-def _env(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+def _env(tmp_path, jax_cache_dir):
+    env = child_env()
     env.update(JKT_CACHE=str(tmp_path / "cache"), PYTHONPATH=str(ROOT),
-               JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+               JAX_COMPILATION_CACHE_DIR=jax_cache_dir,
                JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
     return env
 
@@ -58,9 +59,11 @@ def _rows(workdir):
 
 
 @pytest.mark.slow
-def test_end_to_end_writes_all_outputs_and_resumes_after_kill(image_folder, tmp_path):
+def test_end_to_end_writes_all_outputs_and_resumes_after_kill(image_folder, tmp_path,
+                                                              jax_cache_dir):
+    env = _env(tmp_path, jax_cache_dir)
     ref = tmp_path / "ref"
-    out = subprocess.run(_cmd(image_folder, ref), env=_env(tmp_path), cwd=ROOT,
+    out = subprocess.run(_cmd(image_folder, ref), env=env, cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = _rows(ref)
@@ -82,7 +85,7 @@ def test_end_to_end_writes_all_outputs_and_resumes_after_kill(image_folder, tmp_
     # a checkpoint, rerun the same command, and get the same numbers as the reference.
     work = tmp_path / "killed"
     cmd = _cmd(image_folder, work, "--checkpoint-every", "1")
-    proc = subprocess.Popen(cmd, env=_env(tmp_path), cwd=ROOT, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     ckpt_dir = work / "runs" / "ce+act+jac" / "n1_seed0" / "checkpoints"
     deadline = time.time() + 240
@@ -92,7 +95,7 @@ def test_end_to_end_writes_all_outputs_and_resumes_after_kill(image_folder, tmp_
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    out = subprocess.run(cmd, env=_env(tmp_path), cwd=ROOT, capture_output=True, text=True,
+    out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     got = {(r["method"], r["n_per_class"]): r for r in _rows(work)}
@@ -104,7 +107,7 @@ def test_end_to_end_writes_all_outputs_and_resumes_after_kill(image_folder, tmp_
 
     # A third invocation redoes nothing: every run is read back from its result.json.
     t0 = time.time()
-    out = subprocess.run(cmd, env=_env(tmp_path), cwd=ROOT, capture_output=True, text=True,
+    out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert [r["test_accuracy"] for r in _rows(work)] == [got[(r["method"], r["n_per_class"])][
@@ -112,6 +115,7 @@ def test_end_to_end_writes_all_outputs_and_resumes_after_kill(image_folder, tmp_
     assert time.time() - t0 < 60
 
 
+@pytest.mark.slow
 def test_fused_grid_matches_separate_runs(image_folder, tmp_path):
     """``--fusion unroll`` (default) and ``vmap``, and fusing all methods of a cell in one
     step, give the numbers of ``--fusion off``."""
@@ -178,10 +182,12 @@ def test_cli_errors_are_one_clear_line(argv, message, capsys):
     assert len(err) == 1
 
 
-def test_too_many_points_per_class_fails_before_training(image_folder, tmp_path):
+def test_too_many_points_per_class_fails_before_training(image_folder, tmp_path,
+                                                         jax_cache_dir):
+    env = _env(tmp_path, jax_cache_dir)
     cmd = _cmd(image_folder, tmp_path / "w")
     cmd[cmd.index("1,2")] = "1,500"
-    out = subprocess.run(cmd, env=_env(tmp_path), cwd=ROOT, capture_output=True, text=True,
+    out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 2
     last = out.stderr.strip().splitlines()[-1]
@@ -204,6 +210,7 @@ def _usage_error(argv, capsys) -> str:
     return err[0]
 
 
+@pytest.mark.slow
 def test_rerun_with_other_settings_or_teacher_is_refused(image_folder, tmp_path, capsys,
                                                          monkeypatch):
     """A finished grid rerun with another learning rate, another teacher recipe or a
@@ -240,11 +247,13 @@ def test_one_class_dataset_is_refused(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.slow
-def test_ctrl_c_exits_quietly_and_the_same_command_resumes(image_folder, tmp_path):
+def test_ctrl_c_exits_quietly_and_the_same_command_resumes(image_folder, tmp_path,
+                                                          jax_cache_dir):
+    env = _env(tmp_path, jax_cache_dir)
     work = tmp_path / "w"
     cmd = _cmd(image_folder, work, "--checkpoint-every", "1", "--teacher-max-steps", "40",
                "--methods", "ce", "--n-per-class", "1")
-    proc = subprocess.Popen(cmd, env=_env(tmp_path), cwd=ROOT, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     ckpt_dir = work / "teacher" / "run" / "checkpoints"
     deadline = time.time() + 240
@@ -257,7 +266,7 @@ def test_ctrl_c_exits_quietly_and_the_same_command_resumes(image_folder, tmp_pat
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("interrupted")
     assert not (work / ".lock").exists()
-    out = subprocess.run(cmd, env=_env(tmp_path), cwd=ROOT, capture_output=True, text=True,
+    out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     history = [json.loads(line)["step"] for line in

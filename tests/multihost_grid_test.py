@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from child_env import child_env, xla_flags
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +45,7 @@ def _port() -> int:
 
 
 def _env(tmp_path, **extra):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = child_env()
     env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2",
                JKT_CACHE=str(tmp_path / "cache"), **extra)
     return env
@@ -76,7 +77,7 @@ def test_two_process_grid_killed_and_resumed_equals_one_process_run(folder, tmp_
     ref = subprocess.run(
         [sys.executable, "-m", "experiments.distill", "--dataset", f"folder:{folder}",
          "--workdir", str(one), *ARGS], cwd=ROOT, capture_output=True, text=True, timeout=400,
-        env=_env(tmp_path, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        env=_env(tmp_path, XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=2"),
                  JAX_COMPILATION_CACHE_DIR=str(tmp_path / "xla_one")))
     assert ref.returncode == 0, ref.stderr[-3000:]
 

@@ -20,6 +20,7 @@ import chex
 import jax
 import numpy as np
 import pytest
+from child_env import child_env
 
 from jkt import parallel
 
@@ -44,8 +45,7 @@ def _free_port() -> int:
 
 def _worker_env(**extra) -> dict[str, str]:
     """A clean environment: no 8-fake-device XLA flag, one CPU device per process."""
-    env = {k: v for k, v in os.environ.items()
-           if k != "XLA_FLAGS" and not k.startswith("JAX_")}
+    env = {k: v for k, v in child_env().items() if not k.startswith("JAX_")}
     env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1", TF_CPP_MIN_LOG_LEVEL="2",
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])))
     env.update(extra)

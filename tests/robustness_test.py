@@ -43,6 +43,7 @@ def test_image_size_flag_reaches_the_data():
     assert p.data.image_size == 16
 
 
+@pytest.mark.slow
 def test_end_to_end_outputs_and_resume(folder, tmp_path, monkeypatch):
     monkeypatch.setenv("JKT_CACHE", str(tmp_path / "cache"))
     mesh = parallel.make_mesh(jax.devices()[:1])

@@ -74,6 +74,7 @@ def numpy_resnet(tmp_path_factory):
     return sd, path
 
 
+@pytest.mark.slow
 def test_safetensors_converts_without_torch(numpy_resnet, tmp_path):
     sd, path = numpy_resnet
     loaded = torchvision_import.load_state_dict(path)
