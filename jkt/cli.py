@@ -205,14 +205,18 @@ def parse(argv: Sequence[str] | None, configs: ModuleType, flags: Sequence[Flag]
 def main(cfg, run_fn: Callable[..., Any], errors: tuple[type[BaseException], ...] = ()):
     """Prepares ``cfg.workdir`` (:func:`jkt.workdir.prepare`: JAX setup, lock,
     ``config.json``) and returns :func:`run` of ``run_fn(cfg, stop=...)``, whose training
-    loops poll ``stop`` (set by the first Ctrl-C)."""
+    loops poll ``stop`` (set by the first Ctrl-C). The work directory's lock is released
+    however ``run_fn`` ends."""
     from jkt import workdir
 
     stop = threading.Event()
 
     def prepared(c):
-        workdir.prepare(c)
-        return run_fn(c, stop=stop.is_set)
+        _, lock = workdir.prepare(c)
+        try:
+            return run_fn(c, stop=stop.is_set)
+        finally:
+            lock.release()
 
     return run(prepared, cfg, errors, stop=stop)
 
@@ -326,14 +330,12 @@ def quiet_background_write_failures() -> Callable[[], None]:
 
 
 def _exit_now(status: int):
-    """Flushes, releases this process's work-directory locks and ends the process."""
+    """Flushes and ends the process (its work-directory lock was released as the failure
+    left :func:`main`'s ``run_fn``)."""
     import os
-
-    from jkt import workdir
 
     sys.stdout.flush()
     sys.stderr.flush()
-    workdir.release_locks()
     os._exit(status)
 
 

@@ -6,7 +6,8 @@ recorded, one launch at a time, and every run's settings checked before it is re
 * :class:`WorkdirLock`: a second launch on a busy work directory fails at once naming the
   owner's pid and host; the processes of one multi-host job share the lock (the job is
   identified by its coordinator address and process count), and a lock left by a dead
-  process on this host is taken over with a warning.
+  process on this host is taken over with a warning. The command line releases it however
+  a launch ends.
 * :func:`check_record`: each run writes what determines it (``config.json`` beside its
   checkpoints); resuming or skipping a run recorded with other settings stops with one
   line naming the fields that differ.
@@ -22,7 +23,6 @@ recorded, one launch at a time, and every run's settings checked before it is re
 
 from __future__ import annotations
 
-import atexit
 import errno
 import json
 import os
@@ -158,16 +158,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-_HELD: list = []  # locks this process holds (released at exit, or by release_locks)
-
-
-def release_locks() -> None:
-    """Releases every work-directory lock this process holds (for an exit that skips
-    ``atexit``)."""
-    while _HELD:
-        _HELD.pop().release()
-
-
 class WorkdirLock:
     """An exclusive claim on ``workdir`` for this launch (``workdir/.lock``).
 
@@ -205,8 +195,6 @@ class WorkdirLock:
                     f"use another --workdir, or delete {self.path} if that process is gone"
                 ) from None
             self.held = True
-            _HELD.append(self)
-            atexit.register(self.release)
             return self
         raise WorkdirBusyError(f"could not take the lock {self.path}")
 
@@ -255,10 +243,16 @@ class WorkdirLock:
         return not _alive(holder["pid"])
 
     def release(self) -> None:
+        """Removes the lock if this process holds it. Best effort: a lock that cannot be
+        removed (a read-only disk) stays, and the next launch on this host takes it over
+        as stale."""
         if self.held:
             self.held = False
             if self._holder().get("pid") == self.owner["pid"]:
-                self.path.unlink(missing_ok=True)
+                try:
+                    self.path.unlink(missing_ok=True)
+                except OSError:
+                    pass
 
     def __enter__(self):
         return self.acquire()
@@ -267,27 +261,31 @@ class WorkdirLock:
         self.release()
 
 
-def prepare(cfg, workdir=None, *, lock: bool = True) -> Path:
-    """:func:`setup_jax`, creates ``workdir`` (default ``cfg.workdir``), takes its lock
-    (released at exit) and writes the fully resolved ``cfg`` to ``workdir/config.json``;
-    returns the directory. An unwritable directory is one :class:`WriteError` line; a
-    path that is a file is a ``ValueError``."""
+def prepare(cfg, workdir=None, *, lock: bool = True) -> tuple[Path, WorkdirLock | None]:
+    """:func:`setup_jax`, creates ``workdir`` (default ``cfg.workdir``), takes its lock and
+    writes the fully resolved ``cfg`` to ``workdir/config.json``. Returns the directory
+    and the held lock (``None`` without ``lock``), which the caller releases (the command
+    line does, however the launch ends). An unwritable directory is one :class:`WriteError`
+    line; a path that is a file is a ``ValueError``."""
     raw = cfg.workdir if workdir is None else workdir
     out = paths.as_dir(raw)  # a URI stays one (pathlib would make gs://b/x the dir gs:/b/x)
     _check_not_a_file(out)
     setup_jax(out)
+    held = None
     try:
         out.mkdir(parents=True, exist_ok=True)
         if lock:
-            WorkdirLock(out).acquire()
+            held = WorkdirLock(out).acquire()
         if is_writer():
             config_lib.write_json(cfg, out / CONFIG_FILE)
     except OSError as e:
+        if held is not None:
+            held.release()
         existing = out if paths.is_uri(out) else next(
             (p for p in (out, *out.parents) if p.exists()), out)
         raise write_error(f"to the work directory {out}", os_cause(e) or (e.errno, str(e)),
                           existing, "") from None
-    return out
+    return out, held
 
 
 def _check_not_a_file(out: Path) -> None:
@@ -342,5 +340,5 @@ def check_record(path, record: dict, *, what: str, ignore: tuple[str, ...] = ())
 
 __all__ = ["CONFIG_FILE", "DISK_FULL", "NOT_WRITABLE", "RECORD_MAY_CHANGE",
            "SettingsChangedError", "WorkdirBusyError", "WorkdirLock", "WriteError",
-           "check_record", "disk_fix", "is_writer", "os_cause", "prepare", "release_locks",
+           "check_record", "disk_fix", "is_writer", "os_cause", "prepare",
            "setup_jax", "write_error", "write_file"]

@@ -50,7 +50,8 @@ def _parser(module):
 
 def _saved(cfg, tmp_path, monkeypatch) -> dict:
     monkeypatch.setattr(workdir, "setup_jax", lambda _: None)
-    out = workdir.prepare(cfg, tmp_path / "w")
+    out, lock = workdir.prepare(cfg, tmp_path / "w")
+    lock.release()
     return json.loads((out / workdir.CONFIG_FILE).read_text())
 
 

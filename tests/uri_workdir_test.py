@@ -71,7 +71,6 @@ def bucket(tmp_path, monkeypatch):
     monkeypatch.setattr(workdir.WorkdirLock, "SETTLE_S", 0.0)
     with epath_testing.mock_epath(**_gs_bucket(root)):
         yield root, seen
-        workdir.release_locks()  # while the bucket is still served
 
 
 def _rows(rows):
@@ -96,15 +95,16 @@ def test_distill_grid_in_a_gs_workdir_equals_a_local_one(teacher_grid, bucket, t
     root, seen = bucket
     monkeypatch.chdir(tmp_path)
     local = grid(tmp_path / "local", methods=("ce", "ce+jac"), n_per_class=(1,), seeds=(0,))
-    workdir.prepare(local)
+    _, lock = workdir.prepare(local)
     want = distill_grid.run(local, mesh=mesh)
-    workdir.release_locks()
+    lock.release()
 
     cfg = dataclasses.replace(local, workdir="gs://bucket/runs")
-    assert workdir.prepare(cfg) == paths.as_dir("gs://bucket/runs")
+    out, lock = workdir.prepare(cfg)
+    assert out == paths.as_dir("gs://bucket/runs")
     assert json.loads((root / "runs" / ".lock").read_text())["pid"] == os.getpid()
     got = distill_grid.run(cfg, mesh=mesh)
-    workdir.release_locks()
+    lock.release()
     assert _rows(got) == _rows(want)
 
     out, ref = root / "runs", tmp_path / "local"
@@ -126,8 +126,9 @@ def test_distill_grid_in_a_gs_workdir_equals_a_local_one(teacher_grid, bucket, t
     assert not [p for p in out.rglob("*.tmp")]
     assert not (tmp_path / "gs:").exists()
 
-    workdir.prepare(cfg)  # a second launch: every run is read back, none trained again
+    _, lock = workdir.prepare(cfg)  # a second launch: every run is read back, none trained
     again = distill_grid.run(cfg, mesh=mesh)
+    lock.release()
     assert all(r["skipped"] for r in again) and _rows(again) == _rows(want)
 
 
