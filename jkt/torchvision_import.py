@@ -12,6 +12,7 @@ output directory without ``overwrite`` (all ``ValueError``).
 """
 
 import os
+import pickle
 from pathlib import Path
 
 import jax
@@ -54,13 +55,27 @@ def load_state_dict(path) -> dict[str, np.ndarray]:
         ) from e
     try:
         sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling errors, truncated files, pickled whole modules
+    except pickle.UnpicklingError as e:  # objects the weights-only unpickler refuses
+        raise ValueError(
+            f"{path} holds pickled objects other than tensors ({_refusal(e)}); jkt reads plain "
+            "state dicts only and runs no code from a weights file: re-save it as "
+            "torch.save(model.state_dict(), ...) where you trust it, or convert it to "
+            ".safetensors") from e
+    except Exception as e:  # truncated or foreign files
         raise ValueError(f"Cannot read {path} as a PyTorch state dict: {_one_line(e)}") from e
     if isinstance(sd, dict) and "state_dict" in sd:
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise ValueError(f"{path} does not hold a state dict (a dict of tensors)")
     return {k: v.detach().cpu().numpy() for k, v in sd.items()}
+
+
+def _refusal(e: Exception) -> str:
+    """What the weights-only unpickler refused, without torch's advice to load the file
+    with ``weights_only=False`` (which would run the code it holds)."""
+    reasons = [p for p in str(e).split("\n\n") if p.strip() and not any(
+        w in p for w in ("weights_only", "Weights only", "documentation of torch.load"))]
+    return _one_line(Exception(" ".join(reasons) or type(e).__name__))
 
 
 def _one_line(e: Exception) -> str:
@@ -166,12 +181,15 @@ def import_resnet34(
     """Converts torchvision ResNet-34 weights into a teacher artifact at ``out_dir``.
 
     ``num_classes`` defaults to the fc layer's output size; given, it must equal it.
-    An existing ``out_dir`` is replaced only with ``overwrite=True``; the check comes
+    An existing ``out_dir`` is replaced only with ``overwrite=True``, and only when it is a
+    teacher artifact or empty (:func:`jkt.checkpoint.check_replaceable`); the check comes
     before the weights are read, so a wrong ``out_dir`` fails at once.
     Returns the artifact path.
     """
     out = os.fspath(out_dir)
-    if not overwrite and epath.Path(out if "://" in out else os.path.abspath(out)).exists():
+    if overwrite:
+        checkpoint.check_replaceable(out)
+    elif epath.Path(out if "://" in out else os.path.abspath(out)).exists():
         raise ValueError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")
     sd = load_state_dict(weights_path)
     variables = convert_resnet_state_dict(sd)

@@ -217,10 +217,40 @@ def test_existing_out_needs_overwrite(numpy_resnet, tmp_path):
     # The check comes first: nothing is read from a missing weights file.
     with pytest.raises(ValueError, match="already exists"):
         torchvision_import.import_resnet34(tmp_path / "nope.safetensors", out)
-    torchvision_import.import_resnet34(path, out, overwrite=True)
+    torchvision_import.import_resnet34(path, out, overwrite=True)  # an empty directory
+    assert checkpoint.read_teacher_meta(out).num_classes == NUM_CLASSES
+    torchvision_import.import_resnet34(path, out, overwrite=True)  # a teacher artifact
     assert checkpoint.read_teacher_meta(out).num_classes == NUM_CLASSES
     with pytest.raises(ValueError, match="num_classes=10 but the fc layer has 37 outputs"):
         torchvision_import.import_resnet34(path, tmp_path / "t2", num_classes=10)
+
+
+def test_overwrite_never_deletes_what_jkt_did_not_write(numpy_resnet, tmp_path, capsys):
+    """``--overwrite`` on a folder of the user's files, or on a file, is refused in one line
+    (exit status 2) before any weights are read, and every file is still there."""
+    from experiments import import_torchvision
+
+    _, path = numpy_resnet
+    notes = tmp_path / "notes"
+    (notes / "sub").mkdir(parents=True)
+    (notes / "todo.txt").write_text("mine")
+    (notes / "sub" / "draft.md").write_text("mine too")
+    (tmp_path / "file").write_text("a file")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for out, words in ((notes, "holds sub, todo.txt, not a teacher artifact"),
+                       (tmp_path / "file", "is a file, not a teacher artifact")):
+        with pytest.raises(ValueError) as e:
+            torchvision_import.import_resnet34(tmp_path / "nope.safetensors", out,
+                                               overwrite=True)
+        assert words in _one_line_error(e)
+        with pytest.raises(SystemExit) as e:
+            import_torchvision.main(["--weights", str(path), "--out", str(out),
+                                     "--overwrite"])
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert (notes / "todo.txt").read_text() == "mine"
 
 
 def test_cli(numpy_resnet, tmp_path):
@@ -358,6 +388,28 @@ def test_pth_that_is_not_a_state_dict(tmp_path):
     with pytest.raises(ValueError, match="junk.pth") as e:
         torchvision_import.load_state_dict(tmp_path / "junk.pth")
     assert "\n" not in str(e.value)
+
+
+class _Payload:
+    """Unpickling this would run a shell command."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo ran > /dev/null",))
+
+
+@needs_torch
+def test_pickled_code_is_refused_without_advice_to_run_it(tmp_path):
+    """A .pth that holds more than tensors (here, a call of ``os.system``) is refused in one
+    line naming what was refused; the message never suggests ``weights_only=False``."""
+    torch.save({"fc.weight": torch.zeros(2), "x": _Payload()}, tmp_path / "evil.pth")
+    with pytest.raises(ValueError) as e:
+        torchvision_import.load_state_dict(tmp_path / "evil.pth")
+    message = _one_line_error(e)
+    assert "evil.pth holds pickled objects other than tensors" in message
+    assert "system" in message  # what the unpickler refused
+    assert "weights_only" not in message and "Re-running" not in message
 
 
 def test_cli_bad_input_is_one_line(tmp_path, capsys):

@@ -9,8 +9,14 @@
 
 from jkt.checkpoint.integrity import CHECKSUM_KEY, CheckpointError
 from jkt.checkpoint.manager import TrainCheckpointer, latest_saved_step
-from jkt.checkpoint.teacher import read_teacher_meta, restore_teacher, save_teacher
+from jkt.checkpoint.teacher import (
+    check_replaceable,
+    read_teacher_meta,
+    restore_teacher,
+    save_teacher,
+)
 from jkt.models.teacher import Teacher, TeacherMeta
 
 __all__ = ["CHECKSUM_KEY", "CheckpointError", "Teacher", "TeacherMeta", "TrainCheckpointer",
-           "latest_saved_step", "read_teacher_meta", "restore_teacher", "save_teacher"]
+           "check_replaceable", "latest_saved_step", "read_teacher_meta", "restore_teacher",
+           "save_teacher"]

@@ -34,6 +34,29 @@ def _teacher_checkpointer() -> ocp.Checkpointer:
     return ocp.Checkpointer(handler)
 
 
+# What a teacher artifact directory holds (Orbax's two items and its commit markers).
+ARTIFACT_ENTRIES = frozenset({"meta", "variables", "_CHECKPOINT_METADATA", "commit_success.txt"})
+
+
+def check_replaceable(path) -> None:
+    """Raises ``ValueError`` (one line) unless ``path`` is missing, an empty directory or a
+    teacher artifact: what ``overwrite=True`` may delete. Anything else (a file, a folder
+    of other files) was not written by jkt and is left alone."""
+    path = paths.absolute(path)
+    with paths.storage_errors(path):
+        if not path.exists():
+            return
+        names = {p.name for p in path.iterdir()} if path.is_dir() else None
+    if names is not None and (not names or ("meta" in names and names <= ARTIFACT_ENTRIES)):
+        return
+    what = ("is a file" if names is None else
+            f"holds {', '.join(sorted(names - ARTIFACT_ENTRIES)[:3]) or 'other files'}"
+            + (" and more" if len(names - ARTIFACT_ENTRIES) > 3 else ""))
+    raise ValueError(f"{path} {what}, not a teacher artifact: overwriting replaces only a "
+                     "teacher artifact or an empty directory; choose another output directory "
+                     "or move those files yourself")
+
+
 def _teacher_variables_target(meta: TeacherMeta, **overrides):
     model = meta.create_model(**overrides)
     return model, models.abstract_variables(model, tuple(meta.input_size))
@@ -46,8 +69,12 @@ def _teacher_fix(path) -> str:
 def save_teacher(path, variables, meta: TeacherMeta, overwrite: bool = False) -> epath.Path:
     """Writes ``variables`` (``{"params", "batch_stats"}``) and ``meta`` to directory
     ``path`` atomically, with a content checksum of the variables in the meta JSON (key
-    ``"_checksum"``). Raises ``ValueError`` if the variables do not fit ``meta.arch``."""
+    ``"_checksum"``). ``overwrite`` replaces an existing teacher artifact or empty directory
+    only (:func:`check_replaceable`). Raises ``ValueError`` if the variables do not fit
+    ``meta.arch``."""
     path = paths.absolute(path)
+    if overwrite:
+        check_replaceable(path)
     variables = {k: variables[k] for k in ("params", "batch_stats") if k in variables}
     _, target = _teacher_variables_target(meta)
     check_compatible(
@@ -160,4 +187,5 @@ def restore_teacher(
     return Teacher(meta=meta, model=model, variables=cast_like(variables, target))
 
 
-__all__ = ["read_teacher_meta", "restore_teacher", "save_teacher"]
+__all__ = ["ARTIFACT_ENTRIES", "check_replaceable", "read_teacher_meta", "restore_teacher",
+           "save_teacher"]
