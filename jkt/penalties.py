@@ -56,6 +56,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jkt import jacobian as jj
 from jkt import losses
@@ -205,7 +206,8 @@ def jacobian_penalties(
         :class:`Linen` network or an ``nnx.Module`` (see the module docstring).
       x: ``(B, *D)`` inputs, the variable the Jacobians are taken in (normalised images
         for the paper's experiments).
-      labels: ``(B,)`` integer labels; needed by estimator ``label`` only.
+      labels: ``(B,)`` integer labels in ``[0, K)``; needed by estimator ``label`` only
+        (an out-of-range label is a ``ValueError``, or under ``jit`` a NaN penalty).
       teacher: frozen teacher (function, :class:`Linen`, ``nnx.Module`` or
         :class:`jkt.models.Teacher`) with logits of the student's shape; needed by
         ``"jac"``.
@@ -246,6 +248,9 @@ def jacobian_penalties(
     _check_labels(estimator, labels, s.logits)
     per_example = jacobian_terms(estimator, s, t, x, labels, key, normalize=normalize,
                                  match="jac" in terms, norm="jac_norm" in terms)
+    if estimator == "label":  # a label outside [0, K) has no row: NaN, not a zero penalty
+        valid = (labels >= 0) & (labels < s.logits.shape[1])
+        per_example = {k: jnp.where(valid, v, jnp.nan) for k, v in per_example.items()}
     return Penalties(terms={k: jnp.mean(v) for k, v in per_example.items()},
                      logits=s.logits, teacher_logits=None if t is None else t.logits,
                      aux=finish(s.aux))
@@ -269,6 +274,9 @@ def _check_request(estimator, terms, teacher, x, labels, key) -> tuple[str, ...]
     if getattr(x, "ndim", 0) < 2:
         raise ValueError(f"jacobian_penalties: x must be a batch (B, ...) with at least 2 "
                          f"axes, got shape {getattr(x, 'shape', type(x).__name__)}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(f"jacobian_penalties: x must be floating point (the inputs the "
+                         f"Jacobians are taken in), got {x.dtype}; e.g. normalise uint8 images")
     if estimator == "label" and labels is None:
         raise ValueError("jacobian_penalties: estimator 'label' needs labels (B,)")
     if estimator in KEYED_ESTIMATORS and key is None:
@@ -280,10 +288,16 @@ def _check_request(estimator, terms, teacher, x, labels, key) -> tuple[str, ...]
 def _check_labels(estimator, labels, logits) -> None:
     if estimator != "label":
         return
-    b = logits.shape[0]
+    b, k = logits.shape
     if labels.shape != (b,) or not jnp.issubdtype(labels.dtype, jnp.integer):
         raise ValueError(f"jacobian_penalties: labels must be integers of shape ({b},) "
                          f"for a batch of {b}, got {labels.dtype} {tuple(labels.shape)}")
+    if not isinstance(labels, jax.core.Tracer):  # known now (under jit: a NaN penalty)
+        bad = np.flatnonzero((np.asarray(labels) < 0) | (np.asarray(labels) >= k))
+        if bad.size:
+            raise ValueError(f"jacobian_penalties: labels must lie in [0, {k}) for {k} "
+                             f"outputs, got {int(np.asarray(labels)[bad[0]])} at example "
+                             f"{int(bad[0])}")
 
 
 def _check_logits(who: str, logits, x) -> None:

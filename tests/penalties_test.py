@@ -11,6 +11,7 @@ import pytest
 from absl.testing import parameterized
 from flax import nnx
 from jacobian_test import make_cnn
+from train_fixtures import one_line
 
 from jkt import checkpoint, losses
 from jkt import penalties as P
@@ -345,3 +346,23 @@ def test_errors_are_clear(nets):
         P.jacobian_penalties((LinenNet(), {}), x, labels)
     with pytest.raises(TypeError, match="must be a function"):
         P.jacobian_penalties(student, x, labels, teacher=3)
+
+
+def test_labels_outside_the_outputs_and_integer_inputs_are_refused(nets):
+    """A label with no output row is one ValueError line (or, under jit, where its value is
+    not known, a NaN penalty for that example), never a silent zero; an integer x is one
+    line too, not JAX's float0 message."""
+    student, teacher, x, labels = nets
+    for bad in (jnp.array([0, 3, K]), jnp.array([0, -1, 1])):
+        with pytest.raises(ValueError) as e:
+            P.jacobian_penalties(student, x, bad, teacher=teacher)
+        assert f"labels must lie in [0, {K})" in one_line(e)
+    pen = jax.jit(lambda y: P.jacobian_penalties(student, x, y, teacher=teacher,
+                                                 terms=("jac", "jac_norm")))(
+        jnp.array([0, 3, K]))
+    assert np.isnan(pen.terms["jac"]) and np.isnan(pen.terms["jac_norm"])
+    ok = jax.jit(lambda y: P.jacobian_penalties(student, x, y, teacher=teacher))(labels)
+    assert np.isfinite(ok.terms["jac"]) and ok.terms["jac"] > 0
+    with pytest.raises(ValueError) as e:
+        P.jacobian_penalties(student, x.astype(jnp.int32), labels, teacher=teacher)
+    assert "x must be floating point" in one_line(e) and "int32" in one_line(e)
