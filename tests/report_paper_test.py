@@ -211,6 +211,32 @@ def test_distill_results_without_the_paper_say_analogue(tmp_path):
         assert METHOD_LABELS["ce"] in md and "**" in md  # the tables as before
 
 
+def _tables_well_formed(md: str) -> None:
+    """Every markdown table of ``md``: a header, a separator and rows of as many cells."""
+    for block in re.findall(r"(?:^\|.*\|$\n?)+", md, flags=re.M):
+        lines = block.strip().splitlines()
+        widths = {line.count("|") for line in lines}
+        assert len(lines) >= 3 and len(widths) == 1, block
+
+
+def test_distill_results_without_any_validation_set(tmp_path):
+    """No run has a validation set (the paper preset on a small tfds directory, or
+    validation=none): one line says so, no empty or malformed validation table; where only
+    some runs have one (not the "full" column), the validation table shows their columns."""
+    cfg = dataclasses.replace(distill_presets.paper(), seeds=(0,))
+    rows = [{**r, "val_accuracy": None} for r in _distill_rows(cfg)]
+    md = distill.write(rows, tmp_path, cfg, 0.631)
+    assert "No run has a validation set" in md and "Validation accuracy" not in md
+    _tables_well_formed(md)
+    some = [{**r, "val_accuracy": None if r["n_per_class"] == "full" else 0.5}
+            for r in _distill_rows(cfg)]
+    md = distill.write(some, tmp_path, cfg, 0.631)
+    assert "Validation accuracy (%)" in md and "No run has" not in md
+    test, val = md.split("Validation accuracy (%)")
+    assert "| 100 | full |" in test and "| 100 |\n" in val and "full" not in val.split("\n\n")[1]
+    _tables_well_formed(md)
+
+
 def test_distill_plot_is_redrawn_on_schedule(tmp_path, monkeypatch):
     cfg = dataclasses.replace(distill_presets.quick(), seeds=(0,))
     md = distill.write(_distill_rows(cfg), tmp_path, cfg, 0.631, plot=False)

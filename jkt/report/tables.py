@@ -173,9 +173,13 @@ def line_plot(rows: Sequence[dict], path, *, line_key: str, x_key: str, y_key: s
 
 def accuracy_tables(rows: Sequence[dict], **table_args) -> str:
     """Test-accuracy table, then the validation-accuracy table (what any model selection
-    should use), both from :func:`markdown_table` with ``table_args``."""
-    return (markdown_table(rows, value_key="test_accuracy", **table_args)
-            + "\n\nValidation accuracy (%) (what any selection should use):\n\n"
+    should use), both from :func:`markdown_table` with ``table_args``; where no run has a
+    validation set, a line saying so instead of the second table."""
+    test = markdown_table(rows, value_key="test_accuracy", **table_args)
+    if not any(r.get("val_accuracy") not in (None, "") for r in rows):
+        return (test + "\n\nNo run has a validation set (each trained on all of its "
+                "training split, or `data.validation=none`).")
+    return (test + "\n\nValidation accuracy (%) (what any selection should use):\n\n"
             + markdown_table(rows, value_key="val_accuracy", **table_args))
 
 
