@@ -268,6 +268,8 @@ def prepare(cfg, workdir=None, *, lock: bool = True) -> tuple[Path, WorkdirLock 
     line does, however the launch ends). An unwritable directory is one :class:`WriteError`
     line; a path that is a file is a ``ValueError``."""
     raw = cfg.workdir if workdir is None else workdir
+    if not str(raw).strip():
+        raise ValueError("the work directory is empty; name one (--workdir DIR)")
     out = paths.as_dir(raw)  # a URI stays one (pathlib would make gs://b/x the dir gs:/b/x)
     _check_not_a_file(out)
     setup_jax(out)

@@ -168,6 +168,11 @@ def test_fused_grid_matches_separate_runs(image_folder, tmp_path):
     (["--seeds", "0,0"], "lists a seed twice"),
     (["--width-multiplier", "0"], "width_multiplier must be positive"),
     (["--width-multiplier", "-1"], "width_multiplier must be positive"),
+    (["--width-multiplier", "inf"], "width_multiplier must be positive and finite, got inf"),
+    (["--config.student_options.widht=0.5"], "unknown student_options widht for a vgg4; "
+     "valid: conv_bias, conv_impl, dropout"),
+    (["--config.teacher_options.stage_sizes=1,1"], "unknown teacher_options stage_sizes for "
+     "a vgg9"),
     (["--student", "bogus"], "unknown student architecture"),
     (["--max-steps", "0"], "max_steps must be positive"),
     (["--config.optim.lr=3e-3"], "valid: optim.name, optim.learning_rate"),

@@ -98,3 +98,38 @@ def test_train_teacher_existing_out_of_other_settings_is_one_line(tmp_path, caps
     line = _cli_error(["--out", str(out), "--arch", "vgg9", "--seed", "3"], capsys)
     assert f"the teacher in {out} was made with other settings" in line
     assert "arch ('vgg4' -> 'vgg9')" in line and "seed (0 -> 3)" in line
+
+
+def test_empty_workdir_is_one_line_and_writes_nothing_here(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    line = _cli_error(["--workdir", ""], capsys)
+    assert "the work directory is empty; name one (--workdir DIR)" in line
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_non_finite_teacher_loss_says_teacher(tmp_path, capsys, monkeypatch):
+    """A NaN while the teacher trains is one line (exit status 1) that names the teacher,
+    its directory, the step and the term."""
+    import jax.numpy as jnp
+
+    from experiments import train_teacher as cli_module
+    from jkt.train import step
+
+    real = step.make_train_step
+
+    def nan_at_step_1(*args, **kwargs):
+        good = real(*args, **kwargs)
+
+        def bad(states, batch, teacher_variables, learning_rate, weights):
+            new, metrics = good(states, batch, teacher_variables, learning_rate, weights)
+            return new, {**metrics, "ce": jnp.where(states.step == 1, jnp.nan, metrics["ce"])}
+
+        return bad
+
+    monkeypatch.setattr(step, "make_train_step", nan_at_step_1)
+    with pytest.raises(SystemExit) as e:
+        cli_module.main([*TINY_CLI, "--workdir", str(tmp_path / "t")])
+    assert e.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: teacher vgg4 in {tmp_path / 't'}: non-finite loss at step 1: "
+                   "ce=nan"], err

@@ -4,6 +4,8 @@ trained; and :func:`start`, the common first step of every grid."""
 
 from __future__ import annotations
 
+import math
+
 from jkt import models
 
 
@@ -39,9 +41,13 @@ def check_model(name: str, options: dict, who: str, field: str | None = None) ->
     if name not in models.MODELS:
         raise ValueError(f"unknown {who} architecture {name!r}; valid: "
                          f"{', '.join(models.MODELS)}")
+    unknown = sorted(set(options) - set(models.registry.options(name)))
+    if unknown:
+        raise ValueError(f"unknown {field} {', '.join(unknown)} for a {name}; valid: "
+                         f"{', '.join(models.registry.options(name))}")
     width = options.get("width_multiplier", 1.0)
-    if not (isinstance(width, int | float) and width > 0):
-        raise ValueError(f"{field}.width_multiplier must be positive, got {width!r}")
+    if not (isinstance(width, int | float) and math.isfinite(width) and width > 0):
+        raise ValueError(f"{field}.width_multiplier must be positive and finite, got {width!r}")
     sizes = options.get("stage_sizes")
     if sizes is not None and (not isinstance(sizes, tuple | list) or not sizes or not all(
             isinstance(s, int) and s > 0 for s in sizes)):

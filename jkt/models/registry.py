@@ -14,27 +14,28 @@ MODELS = {"vgg4": VGG4, "vgg9": VGG9, "resnet34": ResNet34}
 _FIXED = {"parent", "name", "num_classes", "config"}
 
 
-def _options(name: str) -> list[str]:
+def options(name: str) -> list[str]:
+    """The options ``create(name, ...)`` accepts (the module's fields but the fixed ones)."""
     cls = MODELS[name].func
     return sorted(f.name for f in dataclasses.fields(cls) if f.name not in _FIXED)
 
 
-def create(name: str, num_classes: int, **options: Any):
+def create(name: str, num_classes: int, **opts: Any):
     """Builds model ``name`` ("vgg4", "vgg9", "resnet34") with ``num_classes`` outputs.
 
-    ``options`` are the module's fields, e.g. ``dropout``, ``source_classes``,
+    ``opts`` are the module's fields (:func:`options`), e.g. ``dropout``, ``source_classes``,
     ``width_multiplier``, ``dtype``, ``conv_impl`` (``"auto"``: im2col convolutions on a
     CPU backend, XLA's elsewhere), ``conv_bias`` (VGG), ``small_stem`` / ``stage_sizes``
     (ResNet). Raises ``ValueError`` for an unknown name, ``TypeError`` for an unknown option.
     """
     if name not in MODELS:
         raise ValueError(f"Unknown model {name!r}; valid names: {sorted(MODELS)}")
-    unknown = sorted(set(options) - set(_options(name)))
+    unknown = sorted(set(opts) - set(options(name)))
     if unknown:
         raise TypeError(
-            f"Unknown option(s) {unknown} for model {name!r}; valid options: {_options(name)}"
+            f"Unknown option(s) {unknown} for model {name!r}; valid options: {options(name)}"
         )
-    return MODELS[name](num_classes=num_classes, **options)
+    return MODELS[name](num_classes=num_classes, **opts)
 
 
 def abstract_variables(model, input_shape: tuple[int, int, int]):

@@ -10,6 +10,7 @@ from jkt import config as config_lib
 from jkt.data.types import Dataset
 from jkt.models.teacher import Teacher, TeacherMeta
 from jkt.train.loop import TrainConfig, final_variables, train_and_evaluate
+from jkt.train.metrics import NonFiniteLossError
 from jkt.train.objective import Objective
 from jkt.train.optim import CIFAR_RECIPE, OptimConfig
 from jkt.workdir import check_record, is_writer
@@ -41,10 +42,13 @@ def train_teacher(ds: Dataset, out, *, arch: str = "vgg9", model_options: dict |
     cfg = TrainConfig(model=arch, model_options=dict(model_options or {}),
                       objective=Objective(ce=1.0), optim=optim, seed=seed, max_steps=max_steps,
                       checkpoint_every=checkpoint_every, progress=progress, augment=augment)
-    result, = train_and_evaluate([cfg], ds.train, {"val": ds.val, "test": ds.test},
-                                 num_classes=ds.num_classes, mean=ds.mean, std=ds.std,
-                                 workdirs=[out / "run"], mesh=mesh, descs=[f"teacher {arch}"],
-                                 stop=stop)
+    try:
+        result, = train_and_evaluate([cfg], ds.train, {"val": ds.val, "test": ds.test},
+                                     num_classes=ds.num_classes, mean=ds.mean, std=ds.std,
+                                     workdirs=[out / "run"], mesh=mesh,
+                                     descs=[f"teacher {arch}"], stop=stop)
+    except NonFiniteLossError as e:
+        raise NonFiniteLossError(f"teacher {arch} in {out}: {e}") from e
     _, variables = final_variables(out / "run", cfg, ds.num_classes, ds.image_shape, mesh=mesh)
     meta = TeacherMeta(
         arch=arch, num_classes=ds.num_classes, input_size=ds.image_shape, mean=tuple(ds.mean),
