@@ -282,3 +282,54 @@ def test_truncated_archive_is_one_line(tmp_path, monkeypatch, suffix):
         data.load(f"folder:{truncated}")
     assert "is not a readable archive" in str(e.value) and str(truncated) in str(e.value)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("extra, words", [
+    ({"test/dog/0.png": _png(0, 900)}, "only in test: dog"),
+    ({"test/Bee/0.png": _png(1, 901)}, "Bee differ from a train class only in case"),
+])
+def test_train_and_test_with_other_classes_are_refused(tmp_path, extra, words):
+    """A test class the train split lacks (or that differs only in case) would be scored
+    as a class the model never saw: refused in one line naming it, for a folder and a zip
+    of it."""
+    import shutil
+
+    files = _class_files("train/", corrupt=False) | _class_files("test/", 2, 100, corrupt=False)
+    root = _write(tmp_path / "tt", files | extra)
+    if "Bee" in words:
+        for f in (root / "test" / "bee").iterdir():
+            f.rename(root / "test" / "Bee" / f.name)
+        (root / "test" / "bee").rmdir()
+    archive = shutil.make_archive(str(tmp_path / "tt"), "zip", root)
+    for source in (root, archive):
+        with pytest.raises(ValueError) as e:
+            data.load(f"folder:{source}", image_size=SIZE, cache_dir=tmp_path / "c")
+        message = str(e.value)
+        assert "\n" not in message and "different classes" in message, message
+        assert words in message, message
+
+
+@pytest.mark.parametrize("kind", ["folder", "zip", "tar.xz"])
+def test_files_over_the_size_bound_are_refused_before_they_are_read(tmp_path, monkeypatch,
+                                                                    kind):
+    """No file is read whole beyond ``MAX_FILE_BYTES`` (a zip bomb, a stray video): the
+    size stored in the folder or archive is checked first, one line names the file."""
+    import shutil
+
+    files = _class_files(corrupt=False)
+    files["cat/huge.png"] = _png(2, 999, (256, 256)) + bytes(5000)
+    root = _write(tmp_path / "imgs", files)
+    source = root if kind == "folder" else shutil.make_archive(
+        str(tmp_path / "imgs"), "zip" if kind == "zip" else "xztar", root)
+    monkeypatch.setattr(folder_lib, "MAX_FILE_BYTES", 4096)
+    read = []
+    real_read = zipfile.ZipFile.read
+    monkeypatch.setattr(zipfile.ZipFile, "read",
+                        lambda self, info, *a: read.append(getattr(info, "filename", info))
+                        or real_read(self, info, *a))
+    with pytest.raises(ValueError) as e:
+        data.load(f"folder:{source}", image_size=SIZE, cache_dir=tmp_path / "c")
+    message = str(e.value)
+    assert "\n" not in message and "cat/huge.png" in message, message
+    assert "MiB uncompressed, more than an image file may be" in message
+    assert not any(name.endswith("huge.png") for name in read)

@@ -29,7 +29,7 @@ from jkt.paths import as_path, scheme, storage_errors  # noqa: F401  (data paths
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: folder datasets checked for equal train/test classes
 
 
 def default_cache_dir() -> Path:

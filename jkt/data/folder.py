@@ -46,8 +46,11 @@ MIT_LISTS = {"train": "TrainImages.txt", "test": "TestImages.txt"}
 _ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2")
 _CACHE_KEYS = ("train_images", "train_labels", "test_images", "test_labels", "has_test",
                "class_names")
+# No image or list file is read whole beyond this size (a zip bomb, a stray video): one
+# line names it instead of the process running out of memory.
+MAX_FILE_BYTES = 256 << 20
 
-__all__ = ["IMAGE_EXTENSIONS", "default_cache_dir", "load_folder"]
+__all__ = ["IMAGE_EXTENSIONS", "MAX_FILE_BYTES", "default_cache_dir", "load_folder"]
 
 
 def _is_archive(path: epath.Path) -> bool:
@@ -70,7 +73,9 @@ def _is_list(name: str) -> bool:
 
 
 def _iter_files(path: epath.Path) -> Iterator[tuple[str, bytes]]:
-    """``(posix relative name, bytes)`` of the images and MIT lists in a folder or archive."""
+    """``(posix relative name, bytes)`` of the images and MIT lists in a folder or archive;
+    a file over :data:`MAX_FILE_BYTES` (its size as stored, before it is read) is one
+    ``ValueError`` line naming it."""
     if path.is_dir() and cache_lib.scheme(path) is None:  # local: plain os calls, faster
         for root, dirs, files in os.walk(path):
             dirs.sort()
@@ -78,6 +83,7 @@ def _iter_files(path: epath.Path) -> Iterator[tuple[str, bytes]]:
                 full = os.path.join(root, f)
                 name = os.path.relpath(full, path).replace(os.sep, "/")
                 if _is_image(name) or _is_list(name):
+                    _check_size(path, name, os.path.getsize(full))
                     with open(full, "rb") as fobj:
                         yield name, fobj.read()
     elif path.is_dir():
@@ -87,19 +93,29 @@ def _iter_files(path: epath.Path) -> Iterator[tuple[str, bytes]]:
                 full = root / f
                 name = full.relative_to(path).as_posix()
                 if _is_image(name) or _is_list(name):
+                    _check_size(path, name, full.stat().length)
                     yield name, full.read_bytes()
     elif path.name.lower().endswith(".zip"):
         with path.open("rb") as fobj, zipfile.ZipFile(fobj) as zf:
             for info in zf.infolist():
                 if not info.is_dir() and (_is_image(info.filename) or _is_list(info.filename)):
-                    yield info.filename, zf.read(info)
+                    _check_size(path, info.filename, info.file_size)
+                    yield info.filename, zf.read(info)  # reads at most file_size bytes
     else:
         # Streaming mode ("r|*"): one sequential pass, no seeking in compressed data.
         with path.open("rb") as fobj, tarfile.open(fileobj=fobj, mode="r|*") as tf:
             for member in tf:
                 if member.isfile() and (_is_image(member.name) or _is_list(member.name)):
+                    _check_size(path, member.name, member.size)
                     f = tf.extractfile(member)
                     yield member.name, f.read()
+
+
+def _check_size(path, name: str, size: int) -> None:
+    if size > MAX_FILE_BYTES:
+        raise ValueError(f"{path}: {name} is {size / 2**20:,.0f} MiB uncompressed, more than "
+                         f"an image file may be ({MAX_FILE_BYTES >> 20} MiB); remove it from "
+                         "the dataset")
 
 
 def _decode(data: bytes, image_size: int, resize: str = "stretch") -> np.ndarray | None:
@@ -240,6 +256,27 @@ def _assign(
 # ---------------------------------------------------------------------------- cache
 
 
+def _check_same_classes(assignment: dict[str, tuple[str, str]], path) -> None:
+    """With a test split of its own, train and test must have exactly the same class
+    names: a test class never trained on (or one that differs only in case) would be
+    scored as a class the model cannot predict. One ``ValueError`` line otherwise."""
+    parts = {"train": set(), "test": set()}
+    for part, cls in assignment.values():
+        parts["test" if part == "test" else "train"].add(cls)
+    train, test = parts["train"], parts["test"]
+    if not test or train == test:
+        return
+    only_test, only_train = sorted(test - train), sorted(train - test)
+    case = sorted(t for t in only_test if t.lower() in {c.lower() for c in only_train})
+    detail = "; ".join(f"only in {where}: {', '.join(names[:5])}"
+                       + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+                       for where, names in (("test", only_test), ("train", only_train))
+                       if names)
+    hint = f" ({', '.join(case)} differ from a train class only in case)" if case else ""
+    raise ValueError(f"{path}: the train and test splits have different classes ({detail})"
+                     f"{hint}; give both the same class folders")
+
+
 def _cache_file(path: epath.Path, image_size: int, cache_dir, resize: str = "stretch") -> Path:
     """The cache entry of ``path`` decoded at ``image_size`` with the ``resize`` policy; MIT
     lists beside it count too."""
@@ -319,6 +356,7 @@ def load_folder(
             f"no labelled images found in {path}: expected <class>/<image>, "
             f"train/<class>/<image> (+ test/...), or the MIT Indoor 67 layout"
         )
+    _check_same_classes(assignment, path)
     class_names = tuple(sorted({cls for _, cls in assignment.values()}))
     class_id = {c: i for i, c in enumerate(class_names)}
 
