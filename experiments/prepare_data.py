@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from jkt.data import cache, tfds_source
+from jkt import paths
+from jkt.data import tfds_source
 
 INSTALL = "pip install tensorflow tensorflow-datasets array_record"
 
@@ -56,7 +57,7 @@ def prepare(name: str, data_dir: str) -> tuple[str, dict[str, int]]:
 
 def main(argv=None) -> str:
     args = parse_args(argv)
-    data_dir = os.fspath(cache.as_path(args.data_dir) if args.data_dir is not None
+    data_dir = os.fspath(paths.as_path(args.data_dir) if args.data_dir is not None
                          else tfds_source.default_data_dir())
     version_dir, sizes = prepare(args.name, data_dir)
     counts = ", ".join(f"{n} {split}" for split, n in sorted(sizes.items(), reverse=True))

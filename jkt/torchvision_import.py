@@ -17,9 +17,8 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from etils import epath
 
-from jkt import checkpoint, models
+from jkt import checkpoint, models, paths
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -189,7 +188,7 @@ def import_resnet34(
     out = os.fspath(out_dir)
     if overwrite:
         checkpoint.check_replaceable(out)
-    elif epath.Path(out if "://" in out else os.path.abspath(out)).exists():
+    elif paths.absolute(out).exists():
         raise ValueError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")
     sd = load_state_dict(weights_path)
     variables = convert_resnet_state_dict(sd)

@@ -27,8 +27,7 @@ from child_env import child_env
 from PIL import Image
 
 from experiments import prepare_data
-from jkt import data
-from jkt.data import cache as cache_lib
+from jkt import data, paths
 from jkt.data import tfds_source
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -547,9 +546,9 @@ def test_gs_paths_without_backend_fail_in_one_line(tmp_path, monkeypatch):
 
 
 def test_uri_data_dir_is_not_mangled():
-    assert str(cache_lib.as_path("gs://bucket/tfds") / "cifar10") == "gs://bucket/tfds/cifar10"
+    assert str(paths.as_path("gs://bucket/tfds") / "cifar10") == "gs://bucket/tfds/cifar10"
     assert str(Path("gs://bucket/tfds")) == "gs:/bucket/tfds"  # why pathlib is not used
-    assert str(cache_lib.as_path("~/tfds")) == os.path.expanduser("~/tfds")
+    assert str(paths.as_path("~/tfds")) == os.path.expanduser("~/tfds")
 
 
 # ---------------------------------------------------------------------------- prepare_data

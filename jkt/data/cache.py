@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from etils import epath
 
-from jkt.paths import as_path, scheme, storage_errors  # noqa: F401  (data paths)
+from jkt.paths import scheme, storage_errors
 
 log = logging.getLogger(__name__)
 

@@ -35,6 +35,7 @@ import numpy as np
 from etils import epath
 from PIL import Image
 
+from jkt import paths
 from jkt.data import cache as cache_lib
 from jkt.data.cache import default_cache_dir
 from jkt.data.types import RESIZE_POLICIES, Split
@@ -76,7 +77,7 @@ def _iter_files(path: epath.Path) -> Iterator[tuple[str, bytes]]:
     """``(posix relative name, bytes)`` of the images and MIT lists in a folder or archive;
     a file over :data:`MAX_FILE_BYTES` (its size as stored, before it is read) is one
     ``ValueError`` line naming it."""
-    if path.is_dir() and cache_lib.scheme(path) is None:  # local: plain os calls, faster
+    if path.is_dir() and paths.scheme(path) is None:  # local: plain os calls, faster
         for root, dirs, files in os.walk(path):
             dirs.sort()
             for f in sorted(files):
@@ -323,8 +324,8 @@ def load_folder(
       FileNotFoundError: ``path`` does not exist.
       ValueError: no labelled images were found; a URI whose backend is not installed.
     """
-    path = cache_lib.as_path(path)
-    with cache_lib.storage_errors(path):
+    path = paths.as_path(path)
+    with paths.storage_errors(path):
         exists = path.exists()
     if not exists:
         raise FileNotFoundError(

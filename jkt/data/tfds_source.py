@@ -22,6 +22,7 @@ from pathlib import PurePosixPath
 import numpy as np
 from etils import epath
 
+from jkt import paths
 from jkt.data import cache as cache_lib
 from jkt.data.types import DatasetNotFoundError, Split
 
@@ -32,7 +33,7 @@ _CACHE_KEYS = ("train_images", "train_labels", "test_images", "test_labels", "cl
 
 def default_data_dir() -> epath.Path:
     """``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets`` (tfds' own default)."""
-    return cache_lib.as_path(os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets")
+    return paths.as_path(os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets")
 
 
 def _one_line(e: BaseException) -> str:
@@ -74,7 +75,7 @@ def check_prepared(name: str, data_dir: epath.Path) -> list[tuple[str, int, int]
         storage backend of a URI is not installed.
     """
     root = data_dir / name
-    with cache_lib.storage_errors(root):
+    with paths.storage_errors(root):
         present = root.is_dir()
     if not present:
         raise _not_prepared(name, data_dir, f"no directory {root}")
@@ -174,7 +175,7 @@ def load_tfds(
     """
     if name not in TFDS_NAMES:
         raise ValueError(f"unknown tfds dataset {name!r}; expected one of {TFDS_NAMES}")
-    data_dir = cache_lib.as_path(data_dir) if data_dir is not None else default_data_dir()
+    data_dir = paths.as_path(data_dir) if data_dir is not None else default_data_dir()
     files = check_prepared(name, data_dir)
     file = cache_lib.cache_file(cache_dir, f"tfds-{name}", "tfds", name,
                                 cache_lib.fingerprint(data_dir / name, files))
