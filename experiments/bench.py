@@ -11,12 +11,22 @@ initial weights, and losses eagerly. On a CPU-only machine everything runs in th
 setting (``experiments/configs/bench.py``). Prints and, with ``--out``, writes
 ``bench.md`` and ``bench.json`` (``bench.partial.json`` after every method): a table of
 step times, the projected wall time of the whole Table-1 grid at the measured speed, and
-the performance goals as measured ratios.
+the performance goals as measured ratios. An ``--out`` directory that already holds an
+earlier report is refused (pass another one, or ``--overwrite`` to replace
+it), as is one holding another command's ``config.json``.
+
+Exit status: 2 for a usage error (a flag, a value, an ``--out`` that cannot be used), 1
+for a failure while running (a device error, a disk that fills up), 130 after Ctrl-C
+(the first stops after the method being timed; ``bench.partial.json`` keeps what was
+measured).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import sys
+import threading
 from pathlib import Path
 
 # JAX and torch share the GPU in one process: JAX must not preallocate 75% of it (this also
@@ -26,7 +36,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 import jax  # noqa: E402
 
 from experiments.configs import bench as configs  # noqa: E402
-from jkt import bench, cli, host_allocator, parallel  # noqa: E402
+from jkt import bench, cli, host_allocator, parallel, workdir  # noqa: E402
 from jkt import config as config_lib  # noqa: E402
 from jkt.bench import report as reports  # noqa: E402
 
@@ -47,7 +57,9 @@ FLAGS = (
     cli.Flag("--torch-threads", "torch_threads",
              "torch.set_num_threads(N) for a CPU reference (torch's OpenMP pool collapses on "
              "an oversubscribed machine; 1 is stable there)"),
-    cli.Flag("--out", "out", "directory for bench.md, bench.json and config.json"),
+    cli.Flag("--out", "out", "directory for bench.md, bench.json and config.json (one "
+             "holding an earlier report is refused: --overwrite replaces it)"),
+    cli.Flag("--overwrite", "overwrite", "replace an earlier report in --out", const=True),
     cli.Flag("--seed", "seed", "seed of the initial weights and the batch"),
 )
 
@@ -80,36 +92,113 @@ def torch_reference(cfg: bench.BenchConfig):
 
 
 def main(argv=None) -> dict:
+    """Runs the command line ``argv``; returns the report. Errors end the process with one
+    line on stderr (see the module docstring for the exit statuses)."""
     # Before JAX starts (parsing asks for its backend). One process for both frameworks:
     # torch's CPU tensors get the same malloc settings.
     allocator = (host_allocator.configure_jax_cpu() if host_allocator.cpu_backend_expected()
                  else None)
     cfg = parse_config(argv)
+    stop = threading.Event()  # set by the first Ctrl-C (jkt.cli.run)
+    return cli.run(lambda c: benchmark(c, allocator, stop), cfg,
+                   errors=(jax.errors.JaxRuntimeError,), stop=stop)
+
+
+def benchmark(cfg: bench.BenchConfig, allocator: str | None = None,
+              stop: threading.Event | None = None) -> dict:
+    """Times ``cfg``, prints the report and writes it to ``cfg.out``; returns the report.
+    Raises ``ValueError`` for settings that do not fit this machine or ``--out``; exits
+    with status 130 once ``stop`` is set (checked after each method) or on a second
+    Ctrl-C."""
     devices = jax.devices()
-    if cfg.devices is not None:
-        if cfg.devices > len(devices):
-            raise SystemExit(f"error: --devices must be in [1, {len(devices)}]")
-        devices = devices[:cfg.devices]
-    out = Path(cfg.out) if cfg.out else None
+    if cfg.devices is not None and cfg.devices > len(devices):
+        raise ValueError(f"--devices must be in [1, {len(devices)}] (the devices here), got "
+                         f"{cfg.devices}")
+    devices = devices[:cfg.devices]
+    out = check_out(cfg)
     if out:
-        config_lib.write_json(cfg, out / "config.json")
+        _save(out, config_lib.write_json, cfg, out / workdir.CONFIG_FILE)
     reference, note = torch_reference(cfg)
-    report = bench.run(
-        cfg.setting, list(cfg.methods or bench.METHODS), mesh=parallel.make_mesh(devices),
-        torch_reference=reference, torch_note=note, seed=cfg.seed,
-        torch_threads=cfg.torch_threads,
-        # A killed run still leaves what it measured.
-        on_method=(lambda partial: reports.write_partial(partial, out)) if out else None,
-        host_allocator=allocator)
+
+    def on_method(partial):  # a killed run still leaves what it measured
+        if out:
+            _save(out, reports.write_partial, partial, out)
+        if stop is not None and stop.is_set():
+            raise KeyboardInterrupt
+
+    try:
+        report = bench.run(
+            cfg.setting, list(cfg.methods or bench.METHODS), mesh=parallel.make_mesh(devices),
+            torch_reference=reference, torch_note=note, seed=cfg.seed,
+            torch_threads=cfg.torch_threads, on_method=on_method, host_allocator=allocator)
+    except KeyboardInterrupt:
+        partial = out / reports.PARTIAL_FILE if out else None
+        kept = f": {partial} holds the methods timed so far" if partial and partial.exists() else ""
+        print(f"interrupted{kept}", file=sys.stderr)
+        raise SystemExit(130) from None
     md = reports.markdown(report)
     print()
     print(md)
     if out:
-        md_path, json_path = reports.write(report, out, md)
+        md_path, json_path = _save(out, reports.write, report, out, md)
         print(f"wrote {md_path}, {json_path}")
     for line in reports.nonfinite_warnings(report):
         print(line)
     return report
+
+
+REPORT_FILES = ("bench.md", "bench.json", reports.PARTIAL_FILE)
+
+
+def check_out(cfg: bench.BenchConfig) -> Path | None:
+    """The ``--out`` directory (created), or ``None`` without one. ``ValueError`` (a usage
+    error) where it is a file, cannot be created or written, holds another command's
+    ``config.json``, or holds an earlier report and ``cfg.overwrite`` is not set."""
+    if cfg.out is None:
+        return None
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; pass a directory (for bench.md, bench.json "
+                         "and config.json)")
+    config = out / workdir.CONFIG_FILE
+    if config.exists() and not _is_bench_config(config):
+        raise ValueError(f"--out {out} holds a config.json that is not a benchmark's "
+                         "(another command's work directory?); pass another --out")
+    held = [f for f in REPORT_FILES if (out / f).exists()]
+    if held and not cfg.overwrite:
+        raise ValueError(f"--out {out} already holds {', '.join(held)} of an earlier "
+                         "benchmark; pass another --out, or --overwrite to "
+                         "replace it")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--out {out}: cannot create the directory: "
+                         f"{e.strerror or e}") from None
+    if not os.access(out, os.W_OK):
+        raise ValueError(f"--out {out} is not writable; pass another --out")
+    return out
+
+
+def _is_bench_config(path: Path) -> bool:
+    """Whether ``path`` holds a benchmark's ``config.json``."""
+    try:
+        data = json.loads(path.read_text())
+        return isinstance(data, dict) and bool(config_lib.from_dict(bench.BenchConfig, data))
+    except (OSError, ValueError):
+        return False
+
+
+def _save(out: Path, write, *args):
+    """``write(*args)``; a failed write (full disk, read-only directory) is one
+    :class:`jkt.workdir.WriteError` naming ``out``, the cause and the fix."""
+    try:
+        return write(*args)
+    except OSError as e:
+        cause = workdir.os_cause(e)
+        if cause is None or isinstance(e, workdir.WriteError):
+            raise
+        raise workdir.write_error(f"the benchmark report into {out}", cause, out,
+                                  "with --overwrite") from None
 
 
 if __name__ == "__main__":

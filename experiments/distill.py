@@ -46,6 +46,8 @@ FLAGS = (
              "that need the same passes into one jitted step; off: one run at a time"),
     cli.Flag("--fusion-groups", "fusion_groups", "passes | all: which methods of a cell fuse"),
     cli.Flag("--dtype", "dtype", "float32 | bfloat16: compute dtype of the student steps"),
+    cli.Flag("--trust-teacher", "trust_teacher", "use teacher artifacts without a checksum "
+             "(hand-made or from an older jkt) unverified", const=True),
     cli.Flag("--no-progress", "progress", "no progress bars", const=False),
 )
 

@@ -25,10 +25,10 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false
     || echo "torch: not available"
 } 2>&1 | tee "$OUT/env.txt"
 
-timeout -k 10 "${FP32_TIMEOUT:-360}" "$PY" -m experiments.bench --reference --out "$OUT/fp32" \
+timeout -k 10 "${FP32_TIMEOUT:-360}" "$PY" -m experiments.bench --reference --overwrite --out "$OUT/fp32" \
   2>&1 | tee "$OUT/fp32.log"
 
 timeout -k 10 "${BF16_TIMEOUT:-150}" "$PY" -m experiments.bench --reference --dtype bfloat16 \
-  --no-torch --out "$OUT/bf16" \
+  --no-torch --overwrite --out "$OUT/bf16" \
   --methods ce,ce+act,ce+act+jac:label,vgg9:ce,vgg9:ce+jac_norm,fused:act-group,fused:jac-group,fused-vmap:jac-group \
   2>&1 | tee "$OUT/bf16.log"

@@ -24,6 +24,8 @@ FLAGS = (
     cli.Flag("--max-steps", "max_steps", "cap on training steps"),
     cli.Flag("--seed", "seed", "initialisation and data-order seed"),
     cli.Flag("--checkpoint-every", "checkpoint_every", "steps between checkpoints"),
+    cli.Flag("--trust-teacher", "trust_teacher", "use an artifact in --workdir that has no "
+             "checksum (from an older jkt) unverified", const=True),
     cli.Flag("--no-progress", "progress", "no progress bar", const=False),
 )
 

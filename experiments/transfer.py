@@ -65,6 +65,8 @@ FLAGS = (
     cli.Flag("--log-every", "log_every", "steps between metric lines"),
     *cli.optim_flags(),
     *cli.optim_flags("teacher-", "teacher_optim", "teacher"),
+    cli.Flag("--trust-teacher", "trust_teacher", "use teacher artifacts without a checksum "
+             "(hand-made or from an older jkt) unverified", const=True),
     cli.Flag("--no-progress", "progress", "no progress bars", const=False),
 )
 

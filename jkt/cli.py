@@ -1,7 +1,7 @@
 """Command lines of typed configs: one generic parser for every experiment.
 
 An experiment's command line is its config file (``get_config(preset)``, see
-:func:`jkt.config.load_config_file`) plus overrides, applied in command-line order:
+:func:`jkt.config_file.load_config_file`) plus overrides, applied in command-line order:
 
 * ``--config=experiments/configs/distill.py:paper`` picks the starting config
   (``--preset paper`` is the short form for the experiment's own config file);
@@ -19,15 +19,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import logging
+import pkgutil
 import signal
 import sys
 import threading
+import typing
 from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
 from jkt import config as config_lib
+from jkt import config_file
 
 SET = "--set"  # internal: --config.PATH=VALUE is rewritten to --set PATH=VALUE
 
@@ -189,8 +193,8 @@ def parse(argv: Sequence[str] | None, configs: ModuleType, flags: Sequence[Flag]
                      default_cfg=default_cfg, preset_flags=preset_flags)
     ns = p.parse_args(_rewrite(argv))
     try:
-        if ns.config:
-            cfg = config_lib.load_config_file(ns.config)
+        if ns.config is not None:
+            cfg = _config_file(ns.config, configs, type(default_cfg))
         elif ns.preset:
             cfg = configs.get_config(ns.preset)
         else:
@@ -202,19 +206,61 @@ def parse(argv: Sequence[str] | None, configs: ModuleType, flags: Sequence[Flag]
     return cfg
 
 
+def _config_file(spec: str, configs: ModuleType, expected: type):
+    """:func:`jkt.config_file.load_config_file` of ``spec``, refused in one line unless it gives
+    an ``expected`` config (another command's file names that command)."""
+    cfg = config_file.load_config_file(spec)
+    if isinstance(cfg, expected):
+        return cfg
+    owner = _command_of(type(cfg), configs)
+    whose = f" (the config of {owner})" if owner else ""
+    raise config_lib.ConfigError(
+        f"config file {spec.partition(':')[0]} gives a {type(cfg).__name__}{whose}; this "
+        f"command takes a {expected.__name__}")
+
+
+def _command_of(cls: type, configs: ModuleType) -> str | None:
+    """``python -m ROOT.NAME`` when a sibling ``ROOT.configs.NAME`` of the config module
+    ``configs`` declares ``get_config(...) -> cls``; ``None`` when none does."""
+    package = configs.__name__.rpartition(".")[0]
+    root = package.rpartition(".")[0]
+    try:
+        search = importlib.import_module(package).__path__ if root else []
+    except (ImportError, AttributeError):
+        return None
+    for info in pkgutil.iter_modules(search):
+        if _config_type(f"{package}.{info.name}") is cls:
+            return f"python -m {root}.{info.name}"
+    return None
+
+
+def _config_type(module_name: str) -> type | None:
+    """The declared return type of ``module_name``'s ``get_config``, or ``None``."""
+    try:
+        module = importlib.import_module(module_name)
+        return typing.get_type_hints(module.get_config).get("return")
+    except Exception:  # a module that cannot tell names no command; the error stays the same
+        return None
+
+
 def main(cfg, run_fn: Callable[..., Any], errors: tuple[type[BaseException], ...] = ()):
     """Prepares ``cfg.workdir`` (:func:`jkt.workdir.prepare`: JAX setup, lock,
     ``config.json``) and returns :func:`run` of ``run_fn(cfg, stop=...)``, whose training
     loops poll ``stop`` (set by the first Ctrl-C). The work directory's lock is released
-    however ``run_fn`` ends."""
+    however ``run_fn`` ends; a launch refused for its settings (a usage error) puts
+    ``config.json`` back as it was."""
     from jkt import workdir
 
     stop = threading.Event()
 
     def prepared(c):
-        _, lock = workdir.prepare(c)
+        before = workdir.launch_record(c.workdir)
+        out, lock = workdir.prepare(c)
         try:
             return run_fn(c, stop=stop.is_set)
+        except USAGE_ERRORS:
+            workdir.restore_launch_record(out, before)
+            raise
         finally:
             lock.release()
 

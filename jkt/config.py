@@ -10,8 +10,10 @@ the optimisers). This module is the one mechanism that changes, saves and compar
   with the list of valid fields (and the closest match).
 * :func:`to_dict` / :func:`from_dict` turn a config into JSON-ready data and back
   (tuples stay tuples); :func:`diff` lists the dotted paths where two configs differ.
-* :func:`load_config_file` reads ``"path/to/config.py:arg"``: the file's
-  ``get_config(arg)`` returns the dataclass (the big_vision / Flax-examples convention).
+* No built config holds a NaN or an infinity (:func:`check_finite`: :func:`apply_overrides`
+  and :func:`from_dict` refuse one wherever it is, also inside ``dict`` fields). The range
+  checks of the configs' ``__post_init__`` are :mod:`jkt.ranges`; config files
+  (``"path/to/config.py:arg"``) are read by :mod:`jkt.config_file`.
 
 String values by annotated type: ``bool`` (``true/false/1/0/yes/no``), ``int``, ``float``,
 ``str``; ``X | None`` (``none``/``null`` is ``None``); ``tuple[X, ...]`` a comma list
@@ -23,8 +25,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib.util
 import json
+import math
+import numbers
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -241,17 +244,25 @@ def _tree(cfg) -> dict:
             for f in dataclasses.fields(cfg)}
 
 
-def _build(cls, tree: dict):
-    """The dataclass ``cls`` from a :func:`_tree`; each ``__post_init__`` runs once."""
+def _build(cls, tree: dict, where: str = ""):
+    """The dataclass ``cls`` (at dotted path ``where``) from a :func:`_tree`; each
+    ``__post_init__`` runs once."""
     hints = _hints(cls)
-    kwargs = {k: _build(hints[k], v) if dataclasses.is_dataclass(hints[k])
+    kwargs = {k: _build(hints[k], v, f"{where}{k}.") if dataclasses.is_dataclass(hints[k])
               and isinstance(v, dict) else v for k, v in tree.items()}
     try:
         return cls(**kwargs)
-    except ConfigError:
-        raise
     except (ValueError, TypeError) as e:
-        raise ConfigError(str(e)) from None
+        raise ConfigError(_qualified(str(e), cls, where)) from None
+
+
+def _qualified(message: str, cls, where: str, other: str = "") -> str:
+    """``message`` on one line; a nested config's message that starts with one of its
+    field names gets the config's path ``where`` (``learning_rate ...`` ->
+    ``optim.learning_rate ...``), any other message the prefix ``other``."""
+    message = " ".join(message.split())
+    head = message.split(" ", 1)[0].rstrip(":")
+    return (where if where and head in field_names(cls) else other) + message
 
 
 def _set(tree: dict, cls, parts: list[str], value: Any, prefix: str) -> None:
@@ -294,12 +305,41 @@ def apply_overrides(cfg, overrides: Iterable[tuple[str, Any]]):
     tree = _tree(cfg)
     for path, value in overrides:
         _set(tree, type(cfg), path.strip().split("."), value, "")
-    return _build(type(cfg), tree)
+    return check_finite(_build(type(cfg), tree))
 
 
 def override(cfg, path: str, value: Any):
     """:func:`apply_overrides` with one ``(path, value)``."""
     return apply_overrides(cfg, [(path, value)])
+
+
+# ---------------------------------------------------------------------------------------
+# No NaN or infinity in a config
+
+
+def check_finite(cfg, where: str = ""):
+    """``cfg`` if no float in it (nested configs, ``dict`` and tuple fields) is a NaN or an
+    infinity; otherwise a :class:`ConfigError` naming the path. Returns ``cfg``."""
+    for path, value in _leaves(cfg, where.rstrip(".")):
+        if isinstance(value, numbers.Real) and not math.isfinite(value):
+            raise ConfigError(f"{path or 'value'}: {value!r} is not a finite number")
+    return cfg
+
+
+def _leaves(value, path: str):
+    """``(dotted path, value)`` of every leaf of a config, dict or tuple (the items of a
+    tuple are named by the tuple's path)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            yield from _leaves(getattr(value, f.name), f"{path}.{f.name}" if path else f.name)
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _leaves(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(value, list | tuple):
+        for v in value:
+            yield from _leaves(v, path)
+    else:
+        yield path, value
 
 
 # ---------------------------------------------------------------------------------------
@@ -323,11 +363,13 @@ def from_dict(cls, data: Mapping, where: str = "") -> Any:
                           f"{', '.join(valid)}")
     kwargs = {k: coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
     try:
-        return cls(**kwargs)
+        cfg = cls(**kwargs)
     except ConfigError:
         raise
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"{where or cls.__name__}: {e}") from None
+        raise ConfigError(_qualified(str(e), cls, f"{where}." if where else "",
+                                     f"{where or cls.__name__}: ")) from None
+    return check_finite(cfg, f"{where}." if where else "")
 
 
 def flatten(data: Mapping, prefix: str = "") -> dict[str, Any]:
@@ -360,25 +402,6 @@ def write_json(cfg, path) -> Path:
     return paths.write_text(path, json.dumps(data, indent=1, sort_keys=False) + "\n")
 
 
-# ---------------------------------------------------------------------------------------
-# Config files
-
-
-def load_config_file(spec: str):
-    """``"path/to/file.py"`` or ``"path/to/file.py:arg"`` -> ``get_config(arg)`` of that file
-    (``arg`` is ``None`` without ``:``)."""
-    path, sep, arg = spec.partition(":")
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"config file {path!r} not found")
-    module_spec = importlib.util.spec_from_file_location(f"_jkt_config_{file.stem}", file)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ConfigError(f"config file {path} defines no get_config(arg)")
-    return module.get_config(arg if sep else None)
-
-
 def preset(presets: Mapping[str, Any], name: str | None, default: str):
     """``presets[name or default]()`` with a one-line error listing the valid names."""
     key = default if name in (None, "") else name
@@ -387,6 +410,6 @@ def preset(presets: Mapping[str, Any], name: str | None, default: str):
     return presets[key]()
 
 
-__all__ = ["ConfigError", "apply_overrides", "coerce", "diff", "field_names", "field_paths",
-           "flatten", "from_dict", "get", "load_config_file", "override", "preset", "to_dict",
+__all__ = ["ConfigError", "apply_overrides", "check_finite", "coerce", "diff", "field_names",
+           "field_paths", "flatten", "from_dict", "get", "override", "preset", "to_dict",
            "write_json"]

@@ -290,6 +290,34 @@ def prepare(cfg, workdir=None, *, lock: bool = True) -> tuple[Path, WorkdirLock 
     return out, held
 
 
+def launch_record(workdir) -> str | None:
+    """The text of ``workdir/config.json`` as it is before a launch (``None`` if there is
+    none or it cannot be read), for :func:`restore_launch_record`."""
+    if not str(workdir).strip():
+        return None
+    try:
+        path = paths.as_dir(workdir) / CONFIG_FILE
+        return path.read_text() if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
+def restore_launch_record(workdir, text: str | None) -> None:
+    """Puts ``workdir/config.json`` back as :func:`launch_record` found it (removes it if
+    there was none): a refused launch leaves the record of the last launch that ran.
+    Best effort; only the writing process writes."""
+    if not is_writer():
+        return
+    path = paths.as_dir(workdir) / CONFIG_FILE
+    try:
+        if text is None:
+            path.unlink(missing_ok=True)
+        else:
+            paths.write_text(path, text)
+    except OSError:
+        pass
+
+
 def _check_not_a_file(out: Path) -> None:
     """``ValueError`` if ``out`` or a parent of it is an existing file (a mistyped
     ``--workdir``/``--out``): a bad setting, not a disk failure."""
@@ -313,10 +341,13 @@ def _check_not_a_file(out: Path) -> None:
         return
 
 
-def check_record(path, record: dict, *, what: str, ignore: tuple[str, ...] = ()) -> None:
+def check_record(path, record: dict, *, what: str, ignore: tuple[str, ...] = (),
+                 optional: tuple[str, ...] = ()) -> None:
     """Compares ``record`` with the one stored at ``path`` (a run's ``config.json``) and
     writes it if there is none. Raises :class:`SettingsChangedError` naming the fields
-    that differ (``ignore``: dotted prefixes that may change, e.g. progress bars)."""
+    that differ (``ignore``: dotted prefixes that may change, e.g. progress bars;
+    ``optional``: top-level keys compared only when the stored record has them, i.e.
+    fields added to records after it was written)."""
     path = paths.as_dir(path)
     fresh = json.loads(json.dumps(record, default=str))
     if path.exists():
@@ -325,11 +356,15 @@ def check_record(path, record: dict, *, what: str, ignore: tuple[str, ...] = ())
         except ValueError:
             raise SettingsChangedError(f"{path} is not valid JSON; delete {path.parent} to "
                                        f"start {what} afresh") from None
+        if not isinstance(stored, dict):
+            raise SettingsChangedError(f"{path} is not a run record; delete {path.parent} to "
+                                       f"start {what} afresh")
+        ignore = (*ignore, *(k for k in optional if k not in stored))
         changed = [k for k in config_lib.diff(stored, fresh)
                    if not any(k == p or k.startswith(p + ".") for p in ignore)]
         if changed:
             flat_old, flat_new = config_lib.flatten(stored), config_lib.flatten(fresh)
-            detail = ", ".join(f"{k} ({flat_old.get(k)!r} -> {flat_new.get(k)!r})"
+            detail = ", ".join(f"{k} ({_short(flat_old.get(k))!r} -> {_short(flat_new.get(k))!r})"
                                for k in changed[:6])
             more = f" and {len(changed) - 6} more" if len(changed) > 6 else ""
             raise SettingsChangedError(
@@ -340,7 +375,14 @@ def check_record(path, record: dict, *, what: str, ignore: tuple[str, ...] = ())
         config_lib.write_json(fresh, path)
 
 
+def _short(value):
+    """A fingerprint (a long hex string) cut to 12 digits for a message."""
+    if isinstance(value, str) and len(value) > 40 and all(c in "0123456789abcdef" for c in value):
+        return value[:12] + "..."
+    return value
+
+
 __all__ = ["CONFIG_FILE", "DISK_FULL", "NOT_WRITABLE", "RECORD_MAY_CHANGE",
            "SettingsChangedError", "WorkdirBusyError", "WorkdirLock", "WriteError",
-           "check_record", "disk_fix", "is_writer", "os_cause", "prepare",
-           "setup_jax", "write_error", "write_file"]
+           "check_record", "disk_fix", "is_writer", "launch_record", "os_cause", "prepare",
+           "restore_launch_record", "setup_jax", "write_error", "write_file"]

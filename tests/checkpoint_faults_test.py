@@ -310,13 +310,90 @@ def test_teacher_wrong_arch_one_line(artifact):
 
 
 def test_teacher_undamaged_and_legacy(artifact, variables):
+    """An artifact without a checksum (hand-made, or from before checksums existed) is
+    refused with one line naming the flag; with it, restored unverified with a warning."""
     teacher = checkpoint.restore_teacher(artifact, expect_arch="vgg4")
     base._assert_bit_exact(teacher.variables, variables)
     meta_file = _named(Path(artifact), "metadata")
     meta = json.loads(meta_file.read_text())
     assert meta[checkpoint.CHECKSUM_KEY]["algorithm"] == "sha256"
-    del meta[checkpoint.CHECKSUM_KEY]
+    for legacy in ("no meta digest", "no checksum"):
+        if legacy == "no meta digest":  # written by the jkt of before meta checksums
+            del meta[checkpoint.CHECKSUM_KEY][checkpoint.teacher.META_DIGEST_KEY]
+        else:
+            del meta[checkpoint.CHECKSUM_KEY]
+        meta_file.write_text(json.dumps(meta))
+        for fn in (checkpoint.read_teacher_meta, checkpoint.restore_teacher):
+            with pytest.raises(ValueError) as excinfo:
+                fn(artifact)
+            msg = one_line(excinfo)
+            assert str(artifact) in msg and "--trust-teacher" in msg, msg
+            assert "delete" not in msg, msg
+        with pytest.warns(UserWarning, match="used unverified"):
+            teacher = checkpoint.restore_teacher(artifact, trust_unverified=True)
+        base._assert_bit_exact(teacher.variables, variables)
+
+
+@pytest.mark.parametrize("edit", ["num_classes", "model_options", "mean"])
+def test_teacher_meta_edited_after_saving_is_damage(artifact, edit):
+    """The checksum covers the meta: an edited meta JSON (another class count, other model
+    options, another normalisation) is refused, not silently used."""
+    path = Path(artifact)
+    meta_file = _named(path, "metadata")
+    meta = json.loads(meta_file.read_text())
+    if edit == "num_classes":
+        meta["num_classes"] = 11
+    elif edit == "model_options":
+        meta["model_options"]["width_multiplier"] = 0.5
+    else:
+        meta["mean"][0] += 1e-3
     meta_file.write_text(json.dumps(meta))
-    with pytest.warns(UserWarning, match="has no checksum"):
-        teacher = checkpoint.restore_teacher(artifact)
-    base._assert_bit_exact(teacher.variables, variables)
+    for fn in (checkpoint.read_teacher_meta, checkpoint.restore_teacher):
+        with pytest.raises(checkpoint.CheckpointError) as excinfo:
+            fn(path)
+        _assert_teacher_error(path, excinfo, "does not match its checksum")
+
+
+def test_teacher_path_that_is_not_an_artifact(tmp_path, artifact):
+    """A weights file, a teacher's parent directory, a work directory, a training
+    checkpoint directory or a folder of other files: one ``ValueError`` line saying what
+    it is, never advice to delete it."""
+    from jkt.train.loop import CHECKPOINTS
+
+    pth = tmp_path / "resnet34.pth"
+    pth.write_bytes(b"weights")
+    parent = tmp_path / "teacher_parent"
+    (parent / "run").mkdir(parents=True)
+    Path(artifact).rename(parent / "artifact")
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    (workdir / "teacher").symlink_to(parent)
+    train_ckpt = parent / "run" / CHECKPOINTS
+    train_ckpt.mkdir()
+    (train_ckpt / "3").mkdir()
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("keep")
+    cases = {pth: "import_torchvision --weights", parent: str(parent / "artifact"),
+             workdir: str(workdir / "teacher" / "artifact"),
+             train_ckpt: "training checkpoint directory",
+             parent / "run": "training checkpoint directory", notes: "no meta/"}
+    for path, words in cases.items():
+        for fn in (checkpoint.read_teacher_meta, checkpoint.restore_teacher):
+            with pytest.raises(ValueError) as excinfo:
+                fn(path)
+            assert not isinstance(excinfo.value, checkpoint.CheckpointError)
+            msg = one_line(excinfo)
+            assert str(path) in msg and words in msg and "delete" not in msg, msg
+    assert (notes / "todo.txt").read_text() == "keep"
+
+
+def test_damaged_artifact_among_other_files_is_not_advised_deleted(artifact):
+    """Advice to delete names only a directory that holds nothing but the artifact."""
+    path = Path(artifact)
+    (path / "README.txt").write_text("my notes")
+    _truncate(_data_file(path / "variables"))
+    with pytest.raises(checkpoint.CheckpointError) as excinfo:
+        checkpoint.restore_teacher(path)
+    msg = one_line(excinfo)
+    assert "is damaged" in msg and f"delete {path}" not in msg and "left as it is" in msg, msg

@@ -191,18 +191,27 @@ def test_teacher_wrong_architecture(tmp_path, vgg4):
                                 _meta(arch="vgg9", input_size=(32, 32, 3)))
     with pytest.raises(ValueError, match="resnet34"):
         checkpoint.save_teacher(tmp_path / "bad", variables, _meta(arch="resnet34"))
-    # ... and at restore time, if the artifact's meta was edited to another architecture.
+    # ... an edited meta is refused by its checksum ...
     _patch_meta(path, arch="vgg9", input_size=[32, 32, 3])  # VGG-9 needs >= 32x32
+    with pytest.raises(checkpoint.CheckpointError, match="does not match its checksum"):
+        checkpoint.restore_teacher(path)
+    # ... and one whose checksum was rewritten to fit (a hand-made artifact) by its shapes.
+    _patch_meta(path, redigest=True)
     with pytest.raises(ValueError, match=r"architecture 'vgg9'.*shape mismatches|missing"):
         checkpoint.restore_teacher(path)
 
 
-def _patch_meta(path, **changes):
+def _patch_meta(path, redigest: bool = False, **changes):
+    """Edits the artifact's meta JSON; ``redigest``: and its checksum of the meta."""
     import json
+
+    from jkt.checkpoint import teacher as teacher_lib
 
     meta_file = path / "meta" / "metadata"
     d = json.loads(meta_file.read_text())
     d.update(changes)
+    if redigest:
+        d[checkpoint.CHECKSUM_KEY][teacher_lib.META_DIGEST_KEY] = teacher_lib.meta_digest(d)
     meta_file.write_text(json.dumps(d))
 
 

@@ -29,6 +29,7 @@ SAMPLES = {
     "--optimizer": "sgd", "--teacher-epochs": "3", "--teacher-batch-size": "16",
     "--teacher-lr": "0.5", "--teacher-optimizer": "sgd", "--fusion": "vmap",
     "--fusion-groups": "all", "--dtype": "bfloat16", "--no-progress": None,
+    "--trust-teacher": None, "--overwrite": {"bench": None},
     "--lambdas": "0,2", "--sigmas": "0,0.5", "--noise-draws": "2", "--weight-decay": "0.01",
     "--dropout": "0.5", "--model": "vgg4", "--seed": "3", "--source-classes": "0,1",
     "--target-classes": "5,6", "--att-pairs": "stage1:pool2", "--att-jac-pair": "stage1:pool2",

@@ -19,7 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1] / "jkt"
 
 LAYERS = (
-    ("utilities", ("jkt.paths", "jkt.config", "jkt.parallel", "jkt.host_allocator")),
+    ("utilities", ("jkt.paths", "jkt.config", "jkt.config_file", "jkt.ranges", "jkt.parallel",
+                   "jkt.host_allocator", "jkt.resources")),
     ("math, models, data", ("jkt.jacobian", "jkt.losses", "jkt.penalties", "jkt.models",
                             "jkt.data")),
     ("engine", ("jkt.train", "jkt.checkpoint", "jkt.workdir", "jkt.torchvision_import")),

@@ -31,13 +31,14 @@ from experiments.configs import distill as distill_configs
 from experiments.configs import robustness as robustness_configs
 from experiments.configs import transfer as transfer_configs
 from jkt import data, models, parallel
-from jkt.data import folder as folder_lib
+from jkt.data import decode as decode_lib
 from jkt.data import transforms
 from jkt.data.batches import make_batch
 from jkt.data.types import DataConfig
 from jkt.grids import distill as distill_grid
 from jkt.grids import transfer as transfer_grid
 from jkt.models.taps import auto_pairs
+from jkt.models.teacher import TeacherMeta
 from jkt.train import RunResult, TrainConfig
 from jkt.train.state import create_train_state
 
@@ -135,10 +136,10 @@ def test_distill_grid_gives_each_run_its_subset_and_unused_validation(tmp_path, 
     mesh = parallel.make_mesh(jax.devices()[:1])
     monkeypatch.setattr(distill_grid, "start",
                         lambda cfg, mesh_: (mesh, Path(cfg.workdir), ds))
-    meta = types.SimpleNamespace(arch="vgg9", dataset="toy", num_classes=3, model_options={},
-                                 extra={"test_accuracy": 0.5})
-    monkeypatch.setattr(distill_grid, "load_teacher",
-                        lambda *a: types.SimpleNamespace(meta=meta))
+    meta = TeacherMeta(arch="vgg9", num_classes=3, input_size=(32, 32, 3), mean=(0.5,) * 3,
+                       std=(0.2,) * 3, dataset="toy", extra={"test_accuracy": 0.5})
+    monkeypatch.setattr(distill_grid, "load_teacher", lambda *a: types.SimpleNamespace(
+        meta=meta, variables={"params": {"w": np.zeros(2, np.float32)}}))
     seen = []
 
     def fake_train(cfgs, train, evals, **kw):
@@ -205,8 +206,8 @@ def test_crop_resize_keeps_the_aspect_ratio():
     img[:, 20:60] = 255  # the central square is white, the sides black
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="PNG")
-    cropped = folder_lib._decode(buf.getvalue(), 16, "crop")
-    stretched = folder_lib._decode(buf.getvalue(), 16, "stretch")
+    cropped = decode_lib.decode(buf.getvalue(), 16, "crop")
+    stretched = decode_lib.decode(buf.getvalue(), 16, "stretch")
     chex.assert_shape([cropped, stretched], (16, 16, 3))
     # Only the white centre is left (the filter's support reaches one pixel past it).
     assert cropped[:, 1:-1].min() >= 250 and cropped.min() >= 200

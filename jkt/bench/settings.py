@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from jkt.ranges import MAX_SEED, check_int, check_number
+
 # Input normalisation of every benchmarked step (CIFAR-100 channel statistics): the
 # benchmark feeds random uint8 images, so only the arithmetic matters, not the values.
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
@@ -49,13 +51,13 @@ class BenchSetting:
     small: bool = False
 
     def __post_init__(self):
-        if self.steps > 0 and self.min_steps > self.steps:  # fewer timed steps asked for
-            object.__setattr__(self, "min_steps", self.steps)
         for f in ("batch_size", "num_classes", "image_size", "steps", "min_steps"):
-            if getattr(self, f) <= 0:
-                raise ValueError(f"{f} must be positive, got {getattr(self, f)}")
-        if self.warmup < 0 or not self.width_multiplier > 0 or not self.max_seconds > 0:
-            raise ValueError("warmup must be >= 0, width_multiplier and max_seconds > 0")
+            check_int(f, getattr(self, f))
+        check_int("warmup", self.warmup, 0)
+        check_number("width_multiplier", self.width_multiplier, 0, low_open=True)
+        check_number("max_seconds", self.max_seconds, 0, low_open=True)
+        if self.min_steps > self.steps:  # fewer timed steps asked for
+            object.__setattr__(self, "min_steps", self.steps)
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
 
@@ -72,6 +74,8 @@ class BenchConfig:
       torch_threads: ``torch.set_num_threads`` for a CPU reference.
       out: directory for ``bench.md``/``bench.json`` (``None``: print only).
       seed: seed of the models' initial weights and the batch.
+      overwrite: replace the report of an earlier benchmark in ``out`` (otherwise the
+        command refuses to write there).
     """
 
     setting: BenchSetting = BenchSetting()
@@ -81,6 +85,7 @@ class BenchConfig:
     torch_threads: int | None = None
     out: str | None = None
     seed: int = 0
+    overwrite: bool = False
 
     def __post_init__(self):
         from jkt.bench.methods import METHODS
@@ -90,9 +95,11 @@ class BenchConfig:
             raise ValueError(f"unknown method(s) {', '.join(unknown)}; valid: "
                              f"{', '.join(METHODS)}")
         for f in ("devices", "torch_threads"):
-            v = getattr(self, f)
-            if v is not None and v <= 0:
-                raise ValueError(f"{f} must be positive, got {v}")
+            if getattr(self, f) is not None:
+                check_int(f, getattr(self, f))
+        check_int("seed", self.seed, 0, MAX_SEED)
+        if self.out is not None and not str(self.out).strip():
+            raise ValueError("out must be a directory (or none), got an empty path")
 
 
 # Table 1's schedule (app. 10.3): 500 epochs at batch 128; n points per class of 100 classes.

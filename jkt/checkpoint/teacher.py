@@ -1,8 +1,19 @@
 """Teacher artifacts: a frozen teacher's variables and :class:`jkt.models.TeacherMeta`,
-saved atomically with a content checksum (:mod:`jkt.checkpoint.integrity`) and restored
-as a :class:`jkt.models.Teacher`. A damaged artifact is one ``CheckpointError`` line.
+saved atomically with a content checksum of both (:mod:`jkt.checkpoint.integrity`) and
+restored as a :class:`jkt.models.Teacher`.
+
+* A damaged artifact (weights or meta that do not match the checksum, unreadable files)
+  is one ``CheckpointError`` line; it advises deleting the directory only when the
+  directory holds nothing but the artifact.
+* A path that is not a teacher artifact (a file such as ``.pth`` weights, a work
+  directory or training-checkpoint directory, a folder of other files) is one
+  ``ValueError`` line saying what it is and what to pass instead.
+* An artifact without a checksum of its weights and meta (written by hand or by an older
+  jkt) is refused unless ``trust_unverified`` is set.
 """
 
+import hashlib
+import json
 import warnings
 from typing import Any
 
@@ -62,15 +73,63 @@ def _teacher_variables_target(meta: TeacherMeta, **overrides):
     return model, models.abstract_variables(model, tuple(meta.input_size))
 
 
+WEIGHT_FILES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt", ".h5", ".npz")
+META_DIGEST_KEY = "meta_sha256"
+"""Key of the checksum record that holds the SHA-256 of the artifact's meta JSON."""
+
+
+def meta_digest(meta_json: dict) -> str:
+    """SHA-256 of a meta JSON object (without the checksum record), keys sorted."""
+    meta_json = {k: v for k, v in meta_json.items() if k != CHECKSUM_KEY}
+    return hashlib.sha256(json.dumps(meta_json, sort_keys=True).encode()).hexdigest()
+
+
+def _entries(path) -> set[str] | None:
+    """Names in directory ``path`` (``None`` if it is not a directory)."""
+    return {p.name for p in path.iterdir()} if path.is_dir() else None
+
+
 def _teacher_fix(path) -> str:
-    return f"delete {path} and re-create it (train or import the teacher again)"
+    """What to do about a damaged artifact: delete it only if it holds nothing else."""
+    names = _entries(path) or set()
+    if names <= ARTIFACT_ENTRIES:
+        return f"delete {path} and re-create it (train or import the teacher again)"
+    return (f"re-create the teacher artifact elsewhere (train or import it again); {path} "
+            "also holds other files, so it was left as it is")
+
+
+def _not_an_artifact(path) -> str | None:
+    """Why ``path`` (which exists) is not a teacher artifact, or ``None`` if it looks like
+    one (a directory with a ``meta`` entry)."""
+    names = _entries(path)
+    if names is None:
+        hint = ""
+        if path.name.lower().endswith(WEIGHT_FILES):
+            hint = (f"; convert weights with python -m experiments.import_torchvision --weights "
+                    f"{path} --out DIR and pass DIR")
+        return f"{path} is a file, not a teacher artifact directory{hint}"
+    if "meta" in names:
+        return None
+    inner = [p for p in (path / "artifact", path / "teacher" / "artifact")
+             if (p / "meta").exists()]
+    if inner:
+        return (f"{path} is not a teacher artifact itself; the one inside it is {inner[0]}: "
+                "pass that")
+    if (names & {"_CHECKPOINT_METADATA", "commit_success.txt"}
+            or any(n.isdigit() for n in names) or "checkpoints" in names):
+        return (f"{path} is a training checkpoint directory, not a teacher artifact; a trained "
+                "teacher is saved in TEACHER_DIR/artifact (see python -m "
+                "experiments.train_teacher)")
+    return (f"{path} holds no teacher artifact (no meta/ in it); pass a directory written by "
+            "python -m experiments.train_teacher or import_torchvision")
 
 
 def save_teacher(path, variables, meta: TeacherMeta, overwrite: bool = False) -> epath.Path:
     """Writes ``variables`` (``{"params", "batch_stats"}``) and ``meta`` to directory
-    ``path`` atomically, with a content checksum of the variables in the meta JSON (key
-    ``"_checksum"``). ``overwrite`` replaces an existing teacher artifact or empty directory
-    only (:func:`check_replaceable`). Raises ``ValueError`` if the variables do not fit
+    ``path`` atomically, with a content checksum of the variables and of the meta in the
+    meta JSON (key ``"_checksum"``; the meta's under ``"meta_sha256"``). ``overwrite``
+    replaces an existing teacher artifact or empty directory only
+    (:func:`check_replaceable`). Raises ``ValueError`` if the variables do not fit
     ``meta.arch``."""
     path = paths.absolute(path)
     if overwrite:
@@ -81,7 +140,8 @@ def save_teacher(path, variables, meta: TeacherMeta, overwrite: bool = False) ->
         variables, target, "Teacher variables", "the given variables",
         f"architecture {meta.arch!r} with options {meta.model_options}",
     )
-    meta_json = {**meta.to_json(), CHECKSUM_KEY: checksum(variables)}
+    meta_json = meta.to_json()
+    meta_json[CHECKSUM_KEY] = {**checksum(variables), META_DIGEST_KEY: meta_digest(meta_json)}
     try:
         with _teacher_checkpointer() as ckptr:
             ckptr.save(
@@ -101,14 +161,18 @@ def save_teacher(path, variables, meta: TeacherMeta, overwrite: bool = False) ->
     return path
 
 
-def _read_teacher(path: epath.Path) -> tuple[TeacherMeta, Any]:
-    """``(meta, checksum record or None)`` of the artifact at ``path``."""
+def _read_teacher(path: epath.Path, trust_unverified: bool) -> tuple[TeacherMeta, Any]:
+    """``(meta, checksum record or None)`` of the artifact at ``path``, its meta checked
+    against the checksum record."""
     with paths.storage_errors(path):
         exists = path.exists()
+        why_not = _not_an_artifact(path) if exists else None
     if not exists:
         raise FileNotFoundError(
             f"No teacher artifact at {path}; check the path, or create one "
             "(train or import a teacher)")
+    if why_not:
+        raise ValueError(why_not)
     meta_file = path / "meta" / "metadata"
     try:
         with reading("meta JSON"):
@@ -116,6 +180,7 @@ def _read_teacher(path: epath.Path) -> tuple[TeacherMeta, Any]:
                 raw = ckptr.restore(path, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
                 raw = raw["meta"]
         meta, record = split_meta(raw)
+        _check_meta_digest(path, meta, record, trust_unverified)
         with reading("meta JSON"):
             return TeacherMeta.from_json(meta), record
     except Damaged as e:
@@ -123,11 +188,33 @@ def _read_teacher(path: epath.Path) -> tuple[TeacherMeta, Any]:
                               f"{meta_file}); {_teacher_fix(path)}") from None
 
 
-def read_teacher_meta(path) -> TeacherMeta:
+def _check_meta_digest(path, meta: dict, record, trust_unverified: bool) -> None:
+    """``Damaged`` if the meta JSON differs from the one checksummed at save time; an
+    artifact without that checksum is refused (``ValueError``) unless ``trust_unverified``
+    (then a warning)."""
+    want = record.get(META_DIGEST_KEY) if isinstance(record, dict) else None
+    if want is None:
+        what = "a checksum" if record is None else "a checksum of its meta"
+        if not trust_unverified:
+            raise ValueError(
+                f"Teacher artifact at {path} has no {what} (written by hand or by an older "
+                "jkt), so its weights and settings cannot be verified; re-create it, or pass "
+                "--trust-teacher to use it as it is")
+        warnings.warn(f"Teacher artifact at {path} has no {what}; used unverified "
+                      "(--trust-teacher)", stacklevel=4)
+        return
+    if meta_digest(meta) != want:
+        raise Damaged("its meta JSON does not match its checksum (edited or damaged after "
+                      "it was saved)")
+
+
+def read_teacher_meta(path, *, trust_unverified: bool = False) -> TeacherMeta:
     """The ``TeacherMeta`` of the artifact at ``path``, without loading its weights.
-    Raises ``FileNotFoundError`` if ``path`` does not exist and ``CheckpointError`` (naming
-    the meta JSON file) if its meta JSON is missing, garbled or incomplete."""
-    return _read_teacher(paths.absolute(path))[0]
+    Raises ``FileNotFoundError`` if ``path`` does not exist, ``ValueError`` if it is not a
+    teacher artifact (or, without ``trust_unverified``, one without a checksum) and
+    ``CheckpointError`` (naming the meta JSON file) if its meta JSON is missing, garbled,
+    incomplete or edited."""
+    return _read_teacher(paths.absolute(path), trust_unverified)[0]
 
 
 def restore_teacher(
@@ -135,6 +222,8 @@ def restore_teacher(
     expect_arch: str | None = None,
     model_overrides: dict | None = None,
     sharding: jax.sharding.Sharding | None = None,
+    *,
+    trust_unverified: bool = False,
 ) -> Teacher:
     """Loads the teacher artifact at ``path``, checking its content checksum.
 
@@ -144,10 +233,12 @@ def restore_teacher(
     ``FileNotFoundError`` for a missing artifact, ``CheckpointError`` (one line naming the
     path and the fix) for a damaged one (checksum mismatch, unreadable or truncated arrays,
     missing or garbled meta JSON) and ``ValueError`` for an architecture or shape mismatch.
-    An artifact saved before checksums existed is restored unverified, with a warning.
+    An artifact without a checksum of its weights and meta is refused (``ValueError``)
+    unless ``trust_unverified``: then it is restored unverified, with a warning; ``path``
+    that is not a teacher artifact at all is a ``ValueError`` saying what it is.
     """
     path = paths.absolute(path)
-    meta, record = _read_teacher(path)
+    meta, record = _read_teacher(path, trust_unverified)
     if expect_arch is not None and meta.arch != expect_arch:
         raise ValueError(
             f"Teacher artifact at {path} holds architecture {meta.arch!r}, "
@@ -174,10 +265,7 @@ def restore_teacher(
                 raw = ckptr.restore(path, args=ocp.args.Composite(
                     variables=ocp.args.StandardRestore(as_recorded(target, record))))
         variables = raw["variables"]
-        if record is None:
-            warnings.warn(f"Teacher artifact at {path} has no checksum (saved before checksums "
-                          "were recorded); restored unverified", stacklevel=2)
-        else:
+        if record is not None:
             why = mismatch(record, variables)
             if why:
                 raise Damaged(why)
@@ -187,5 +275,5 @@ def restore_teacher(
     return Teacher(meta=meta, model=model, variables=cast_like(variables, target))
 
 
-__all__ = ["ARTIFACT_ENTRIES", "check_replaceable", "read_teacher_meta", "restore_teacher",
-           "save_teacher"]
+__all__ = ["ARTIFACT_ENTRIES", "META_DIGEST_KEY", "check_replaceable", "meta_digest",
+           "read_teacher_meta", "restore_teacher", "save_teacher"]

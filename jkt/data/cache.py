@@ -29,7 +29,7 @@ from jkt.paths import scheme, storage_errors
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 3  # 3: folder datasets checked for equal train/test classes
+CACHE_VERSION = 4  # 4: folder images decoded per mode and bit depth (16-bit, alpha, EXIF)
 
 
 def default_cache_dir() -> Path:

@@ -8,18 +8,19 @@ Recognised layouts, after dropping a single wrapping top-level directory:
   listing ``<class>/<image>`` (inside the folder/archive or next to it): the official split.
 
 Images are decoded in parallel threads (PIL releases the GIL while decoding), converted
-to RGB and resized to ``image_size`` square (bilinear, antialiased; ``resize="stretch"``
-or, keeping the aspect ratio, ``"crop"`` to the central square), and the decoded
-arrays are cached with :mod:`jkt.data.cache` under ``cache_dir`` (default ``$JKT_CACHE`` or
-``~/.cache/jkt``), keyed by the path, the names, sizes and mtimes of its files,
-``image_size`` and the resize policy. The path may be a URI (``gs://bucket/images.tar``),
-read through :mod:`etils.epath`.
+to 8-bit RGB by mode and bit depth (16-bit and float grey scaled, transparency composited
+over white, the EXIF orientation applied; see :mod:`jkt.data.decode`), resized to ``image_size``
+square (bilinear, antialiased; ``resize="stretch"`` or, keeping the aspect ratio,
+``"crop"`` to the central square), and the decoded arrays are cached with
+:mod:`jkt.data.cache` under ``cache_dir`` (default ``$JKT_CACHE`` or ``~/.cache/jkt``),
+keyed by the path, the names, sizes and mtimes of its files, ``image_size`` and the resize
+policy. The path may be a URI (``gs://bucket/images.tar``), read through
+:mod:`etils.epath`.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import io
 import logging
 import lzma
 import os
@@ -33,10 +34,10 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 from etils import epath
-from PIL import Image
 
 from jkt import paths
 from jkt.data import cache as cache_lib
+from jkt.data import decode as decode_lib
 from jkt.data.cache import default_cache_dir
 from jkt.data.types import RESIZE_POLICIES, Split
 
@@ -119,31 +120,16 @@ def _check_size(path, name: str, size: int) -> None:
                          "the dataset")
 
 
-def _decode(data: bytes, image_size: int, resize: str = "stretch") -> np.ndarray | None:
-    """``(image_size, image_size, 3)`` uint8 pixels of an encoded image, or ``None``.
-
-    ``resize="stretch"`` resizes the whole image to the square (aspect ratio not kept);
-    ``"crop"`` resizes the shorter side to ``image_size`` and keeps the central square.
-    """
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.draft("RGB", (image_size, image_size))  # JPEG: cheap DCT downscale first
-            if img.mode != "RGB":
-                img = img.convert("RGB")
-            if resize == "crop" and img.size[0] != img.size[1]:
-                w, h = img.size
-                side = min(w, h)
-                box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
-                img = img.resize((image_size, image_size), Image.Resampling.BILINEAR, box=box)
-            if img.size != (image_size, image_size):
-                img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
-            return np.asarray(img, np.uint8)
-    except Exception:  # noqa: BLE001 - any decoder failure means "unreadable"
-        return None
-
-
 def _decode_chunk(chunk: list[tuple[str, bytes]], image_size: int, resize: str):
-    return [(name, _decode(data, image_size, resize)) for name, data in chunk]
+    """``(name, pixels or None, refusal or None)`` per file, in order: ``None`` pixels
+    without a refusal mean unreadable."""
+    out = []
+    for name, data in chunk:
+        try:
+            out.append((name, decode_lib.decode(data, image_size, resize), None))
+        except ValueError as e:
+            out.append((name, None, str(e)))
+    return out
 
 
 def _checked(files: Iterator[tuple[str, bytes]], path) -> Iterator[tuple[str, bytes]]:
@@ -161,7 +147,8 @@ def _checked(files: Iterator[tuple[str, bytes]], path) -> Iterator[tuple[str, by
 
 def _read_all(path: epath.Path, image_size: int, workers: int | None, chunk_size: int = 256,
               resize: str = "stretch"):
-    """Decodes every image in ``path``; returns ``(images by name, list texts, bad names)``.
+    """Decodes every image in ``path``; returns ``(images by name, list texts, unreadable
+    names)``; an image that cannot be decoded faithfully is one ``ValueError`` line.
 
     Reading (sequential; decompression releases the GIL) overlaps with decoding in a
     thread pool, which gets chunks of files to keep per-task overhead small.
@@ -183,9 +170,21 @@ def _read_all(path: epath.Path, image_size: int, workers: int | None, chunk_size
         if chunk:
             futures.append(pool.submit(_decode_chunk, chunk, image_size, resize))
         decoded = [item for f in futures for item in f.result()]
-    bad = sorted(name for name, img in decoded if img is None)
-    images = {name: img for name, img in decoded if img is not None}
+    _check_refused(decoded, path)
+    bad = sorted(name for name, img, _ in decoded if img is None)
+    images = {name: img for name, img, _ in decoded if img is not None}
     return images, texts, bad
+
+
+def _check_refused(decoded: list[tuple[str, np.ndarray | None, str | None]], path) -> None:
+    """One ``ValueError`` line naming the first image (by name) that Pillow opens but that
+    cannot be decoded faithfully (:func:`_decode`), with the reason and how many more."""
+    refused = sorted((name, why) for name, _, why in decoded if why is not None)
+    if refused:
+        name, why = refused[0]
+        more = f" ({len(refused) - 1} more such file(s))" if len(refused) > 1 else ""
+        raise ValueError(f"{path}: {name} cannot be decoded faithfully: {why}{more}; convert "
+                         "it to 8-bit RGB (or 16-bit grey PNG) or remove it from the dataset")
 
 
 # ---------------------------------------------------------------------------- layouts
@@ -322,7 +321,9 @@ def load_folder(
 
     Raises:
       FileNotFoundError: ``path`` does not exist.
-      ValueError: no labelled images were found; a URI whose backend is not installed.
+      ValueError: no labelled images were found; a URI whose backend is not installed; an
+        image Pillow opens but that cannot be decoded faithfully (named, with its mode:
+        e.g. CIELab, floats outside [0, 1]).
     """
     path = paths.as_path(path)
     with paths.storage_errors(path):
@@ -344,6 +345,10 @@ def load_folder(
         log.info("loaded %s from cache %s", path, cache_file)
         return train, test, tuple(str(c) for c in z["class_names"])
 
+    # An image size whose decoded arrays cannot fit is one line now, not a kill later.
+    from jkt import resources
+
+    resources.check_decode(path, image_size, _is_image, workers)
     t0 = time.perf_counter()
     images, texts, bad = _read_all(path, image_size, workers, resize=resize)
     assignment, layout = _assign(sorted(images), _find_lists(texts, path))

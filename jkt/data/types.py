@@ -7,6 +7,8 @@ from typing import Literal
 
 import numpy as np
 
+from jkt.ranges import check_int, check_number
+
 VALIDATION_POLICIES = ("held_out", "unused", "none")
 AUGMENTATIONS = ("none", "crop", "crop+flip")
 RESIZE_POLICIES = ("stretch", "crop")
@@ -50,10 +52,8 @@ class DataConfig:
         if not self.name:
             raise ValueError("data.name must name a dataset (digits, cifar10, cifar100, "
                              "folder:PATH)")
-        if not self.image_size > 0:
-            raise ValueError(f"data.image_size must be positive, got {self.image_size}")
-        if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+        check_int("data.image_size", self.image_size)
+        check_number("data.val_fraction", self.val_fraction, 0, 1, high_open=True)
         for field, valid in (("validation", VALIDATION_POLICIES), ("augment", AUGMENTATIONS),
                              ("resize", RESIZE_POLICIES)):
             if getattr(self, field) not in valid:

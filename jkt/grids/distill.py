@@ -19,7 +19,9 @@ from tqdm.auto import tqdm
 
 from jkt import checkpoint, data, parallel
 from jkt import config as config_lib
+from jkt.data.fingerprint import dataset_fingerprint
 from jkt.data.types import DataConfig
+from jkt.grids import record
 from jkt.grids.validate import (
     check_model,
     check_names,
@@ -44,7 +46,7 @@ from jkt.train.methods import METHODS, TABLE1_METHODS, method_objective
 from jkt.train.objective import ESTIMATORS, Objective
 from jkt.train.optim import CIFAR_RECIPE, OptimConfig
 from jkt.train.teacher import train_teacher
-from jkt.workdir import CONFIG_FILE, RECORD_MAY_CHANGE, check_record, is_writer
+from jkt.workdir import is_writer
 
 FUSION_CHOICES = (*FUSION_MODES, "off")
 
@@ -58,6 +60,9 @@ class DistillConfig:
       data: the dataset (:class:`jkt.data.DataConfig`).
       teacher_artifact: a teacher artifact directory to use; ``None`` trains one into
         ``workdir/teacher``.
+      trust_teacher: use teacher artifacts that carry no checksum of their weights and
+        meta (written by hand or by an older jkt) unverified, with a warning; otherwise they
+        are refused.
       student, teacher: model names; ``*_options`` their ``jkt.models.create`` options.
       methods: names from ``jkt.train.METHODS``.
       n_per_class: points per class (``"full"`` for the whole training split).
@@ -94,6 +99,7 @@ class DistillConfig:
     workdir: str = "runs/distill"
     data: DataConfig = DataConfig()
     teacher_artifact: str | None = None
+    trust_teacher: bool = False
     student: str = "vgg4"
     student_options: dict = dataclasses.field(default_factory=dict)
     teacher: str = "vgg9"
@@ -136,12 +142,15 @@ class DistillConfig:
 def load_teacher(cfg: DistillConfig, ds: data.Dataset, workdir: Path, mesh, stop=None):
     """The artifact at ``cfg.teacher_artifact``, or a teacher trained into ``workdir``."""
     if cfg.teacher_artifact:
-        check_teacher_artifact(cfg.teacher_artifact, cfg.teacher, ds.num_classes)
-        return checkpoint.restore_teacher(cfg.teacher_artifact, expect_arch=cfg.teacher)
+        check_teacher_artifact(cfg.teacher_artifact, cfg.teacher, ds,
+                               trust_unverified=cfg.trust_teacher)
+        return checkpoint.restore_teacher(cfg.teacher_artifact, expect_arch=cfg.teacher,
+                                          trust_unverified=cfg.trust_teacher)
     return train_teacher(ds, workdir / "teacher", arch=cfg.teacher,
                          model_options=cfg.teacher_options, optim=cfg.teacher_optim,
                          max_steps=cfg.teacher_max_steps, checkpoint_every=cfg.checkpoint_every,
-                         progress=cfg.progress, augment=cfg.data.augment, mesh=mesh, stop=stop)
+                         progress=cfg.progress, augment=cfg.data.augment, mesh=mesh, stop=stop,
+                         trust_unverified=cfg.trust_teacher)
 
 
 def objectives(cfg: DistillConfig) -> dict[str, Objective]:
@@ -182,6 +191,12 @@ def run(cfg: DistillConfig, *, mesh=None, stop=None) -> list[dict]:
         student_options["dtype"] = cfg.dtype
     objs = objectives(cfg)
     groups = method_groups(cfg, objs)
+    inputs = {"data": dataset_fingerprint(ds), "teacher": record.teacher_fingerprint(teacher)}
+    record.check_runs(
+        (workdir / "runs" / f"{m}/n{n}_seed{seed}",
+         run_record(cfg, train_config(cfg, objs[m], seed, student_options), n, teacher, inputs),
+         f"run {m}/n{n}_seed{seed}", objs[m])
+        for n in cfg.n_per_class for seed in cfg.seeds for m in cfg.methods)
     steps = StepCache()  # one compiled step per method group, not per run
     rows = []
     bar = tqdm(total=len(cfg.methods) * len(cfg.n_per_class) * len(cfg.seeds), desc="grid",
@@ -192,15 +207,8 @@ def run(cfg: DistillConfig, *, mesh=None, stop=None) -> list[dict]:
         for i, (n, seed, group) in enumerate(cells):
             names = [f"{m}/n{n}_seed{seed}" for m in group]
             bar.set_description(f"grid [{', '.join(names)}]")
-            cfgs = [TrainConfig(
-                model=cfg.student, model_options=dict(student_options),
-                objective=objs[m], optim=cfg.optim, seed=seed, max_steps=cfg.max_steps,
-                log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
-                progress=cfg.progress, augment=cfg.data.augment) for m in group]
+            cfgs = [train_config(cfg, objs[m], seed, student_options) for m in group]
             run_dirs = [workdir / "runs" / name for name in names]
-            for name, run_dir, c in zip(names, run_dirs, cfgs, strict=True):
-                check_record(run_dir / CONFIG_FILE, run_record(cfg, c, n, teacher),
-                             what=f"run {name}", ignore=RECORD_MAY_CHANGE)
             t0 = time.time()
             train, val = subsets[(n, seed)]
             try:
@@ -223,15 +231,26 @@ def run(cfg: DistillConfig, *, mesh=None, stop=None) -> list[dict]:
     return rows
 
 
-def run_record(cfg: DistillConfig, train_cfg: TrainConfig, n, teacher) -> dict:
-    """Everything that determines one run: its training config, the data, the subset and
-    the teacher it learns from (written as the run's ``config.json``)."""
+def train_config(cfg: DistillConfig, objective: Objective, seed: int,
+                 student_options: dict) -> TrainConfig:
+    """One student run's training config."""
+    return TrainConfig(model=cfg.student, model_options=dict(student_options),
+                       objective=objective, optim=cfg.optim, seed=seed, max_steps=cfg.max_steps,
+                       log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
+                       progress=cfg.progress, augment=cfg.data.augment)
+
+
+def run_record(cfg: DistillConfig, train_cfg: TrainConfig, n, teacher, inputs: dict) -> dict:
+    """Everything that determines one run: its training config, the data, the subset, the
+    teacher it learns from and the fingerprints of both (``inputs``, see
+    :mod:`jkt.grids.record`), written as the run's ``config.json``."""
     return {"train": config_lib.to_dict(train_cfg), "data": config_lib.to_dict(cfg.data),
             "n_per_class": n, "dtype": cfg.dtype,
             "teacher": {"arch": teacher.meta.arch, "dataset": teacher.meta.dataset,
                         "num_classes": teacher.meta.num_classes,
                         "model_options": teacher.meta.model_options,
-                        "test_accuracy": teacher.meta.extra.get("test_accuracy")}}
+                        "test_accuracy": teacher.meta.extra.get("test_accuracy")},
+            record.INPUTS: inputs}
 
 
 def result_row(method: str, n, seed: int, res, *, fused: int, skipped: bool) -> dict:

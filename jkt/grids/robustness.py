@@ -21,8 +21,11 @@ from tqdm.auto import tqdm
 from jkt import config as config_lib
 from jkt import data, jacobian, parallel, paths
 from jkt.data import transforms
+from jkt.data.fingerprint import dataset_fingerprint
 from jkt.data.types import DataConfig
-from jkt.grids.validate import check_model, check_steps, start
+from jkt.grids import record
+from jkt.grids.validate import check_model, check_non_negative, check_steps, start
+from jkt.ranges import MAX_SEED, check_int, check_number
 from jkt.report import robustness as report
 from jkt.train import (
     NonFiniteLossError,
@@ -35,7 +38,7 @@ from jkt.train import (
 )
 from jkt.train.objective import ESTIMATORS
 from jkt.train.optim import CIFAR_RECIPE, OptimConfig
-from jkt.workdir import CONFIG_FILE, RECORD_MAY_CHANGE, check_record, is_writer
+from jkt.workdir import is_writer
 
 NOISE_FILE = "noise_eval.json"
 
@@ -82,18 +85,15 @@ class RobustnessConfig:
 
     def __post_init__(self):
         check_model(self.model, self.model_options, "model")
-        for field in ("lambdas", "sigmas"):
-            values = getattr(self, field)
-            if not values or any(v < 0 for v in values):
-                raise ValueError(f"{field} takes non-negative numbers, got {values}")
-            if len(set(values)) != len(values):
-                raise ValueError(f"{field} lists a value twice: {values}")
-        if self.noise_draws < 1:
-            raise ValueError(f"noise_draws must be >= 1, got {self.noise_draws}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay out of range: {self.weight_decay}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout out of range [0, 1): {self.dropout}")
+        check_non_negative("lambdas", self.lambdas)
+        check_non_negative("sigmas", self.sigmas)
+        if type(self.noise_draws) is not int or self.noise_draws < 1:
+            raise ValueError(f"noise_draws must be >= 1 (an integer), got {self.noise_draws!r}")
+        check_number("weight_decay", self.weight_decay, 0)
+        if (isinstance(self.dropout, bool) or not isinstance(self.dropout, int | float)
+                or not 0 <= self.dropout < 1):  # NaN and infinities fail too
+            raise ValueError(f"dropout out of range [0, 1): {self.dropout!r}")
+        check_int("seed", self.seed, 0, MAX_SEED)
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"unknown estimator {self.estimator!r}; valid: "
                              f"{', '.join(ESTIMATORS)}")
@@ -181,6 +181,11 @@ def run(p: RobustnessConfig, *, mesh=None, stop=None) -> list[dict]:
     # Rows of one model share their compiled steps: the λ rows one train step (weights
     # are step arguments), every row the eval step, init and noise evaluation.
     steps = StepCache()
+    inputs = {"data": dataset_fingerprint(ds)}
+    record.check_runs((workdir / "runs" / spec.name,
+                       {"train": config_lib.to_dict(train_config(p, spec)),
+                        "data": config_lib.to_dict(p.data), record.INPUTS: inputs},
+                       f"model {spec.name}", spec.objective) for spec in specs)
     rows = []
     bar = tqdm(total=len(specs), desc="models", position=0, dynamic_ncols=True,
                disable=not p.progress)
@@ -189,9 +194,6 @@ def run(p: RobustnessConfig, *, mesh=None, stop=None) -> list[dict]:
             bar.set_description(f"models [{spec.name}]")
             cfg = train_config(p, spec)
             run_dir = workdir / "runs" / spec.name
-            check_record(run_dir / CONFIG_FILE, {"train": config_lib.to_dict(cfg),
-                                                 "data": config_lib.to_dict(p.data)},
-                         what=f"model {spec.name}", ignore=RECORD_MAY_CHANGE)
             try:
                 res, = train_and_evaluate([cfg], ds.train, {"val": ds.val, "test": ds.test},
                                           num_classes=ds.num_classes, mean=ds.mean, std=ds.std,

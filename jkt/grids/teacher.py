@@ -9,6 +9,7 @@ from jkt import data, parallel
 from jkt.data.types import DataConfig
 from jkt.grids.validate import check_model, check_steps
 from jkt.models.teacher import Teacher
+from jkt.ranges import MAX_SEED, check_int
 from jkt.train.optim import CIFAR_RECIPE, OptimConfig
 from jkt.train.teacher import train_teacher
 
@@ -25,6 +26,8 @@ class TeacherConfig:
       seed: initialisation and data-order seed.
       checkpoint_every: steps between checkpoints.
       progress: show a progress bar.
+      trust_teacher: use an artifact already in ``workdir`` that carries no checksum of its
+        weights and meta (written by an older jkt) unverified, with a warning.
     """
 
     workdir: str = "runs/teacher"
@@ -36,10 +39,12 @@ class TeacherConfig:
     seed: int = 0
     checkpoint_every: int = 1000
     progress: bool = True
+    trust_teacher: bool = False
 
     def __post_init__(self):
         check_model(self.arch, self.model_options, "teacher", "model_options")
         check_steps(self, ("max_steps", "checkpoint_every"))
+        check_int("seed", self.seed, 0, MAX_SEED)
 
 
 def run(cfg: TeacherConfig, *, mesh=None, stop=None) -> Teacher:
@@ -50,6 +55,7 @@ def run(cfg: TeacherConfig, *, mesh=None, stop=None) -> Teacher:
                          optim=cfg.optim, max_steps=cfg.max_steps, seed=cfg.seed,
                          checkpoint_every=cfg.checkpoint_every, progress=cfg.progress,
                          augment=cfg.data.augment, mesh=mesh, stop=stop,
+                         trust_unverified=cfg.trust_teacher,
                          record_name="teacher.json")  # config.json: the launch's config
 
 

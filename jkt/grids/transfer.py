@@ -18,11 +18,13 @@ from typing import Literal
 
 from tqdm.auto import tqdm
 
-from jkt import checkpoint, data, models, parallel, paths
+from jkt import checkpoint, data, models, parallel, paths, ranges
 from jkt import config as config_lib
 from jkt.data import Dataset
 from jkt.data.classes import source_target_split
+from jkt.data.fingerprint import dataset_fingerprint
 from jkt.data.types import DataConfig
+from jkt.grids import record
 from jkt.grids.validate import (
     check_model,
     check_names,
@@ -39,7 +41,7 @@ from jkt.train import NonFiniteLossError, Objective, StepCache, TrainConfig, tra
 from jkt.train.methods import JACOBIAN_ROWS, TRANSFER_METHODS, transfer_objective
 from jkt.train.optim import OptimConfig
 from jkt.train.teacher import oracle_variables, train_teacher
-from jkt.workdir import CONFIG_FILE, RECORD_MAY_CHANGE, check_record, is_writer
+from jkt.workdir import is_writer
 
 # Table 5 columns: label -> pooling window as a fraction of the attention-map size.
 POOL_WINDOWS = {"full": 1.0, "s/3": 1 / 3, "s/5": 0.2, "s/7": 1 / 7, "none": None}
@@ -74,6 +76,9 @@ class TransferConfig:
         classes.
       source_student: artifact of the source-pretrained student for ``oracle``; ``None``
         trains one on the source classes.
+      trust_teacher: use teacher artifacts that carry no checksum of their weights and
+        meta (written by hand or by an older jkt) unverified, with a warning; otherwise they
+        are refused.
       source_classes: class names (or ids) of the dataset the teacher and the oracle's
         pretrained student are trained on; ``None`` when the teacher comes from elsewhere
         (e.g. ImageNet) and all of the dataset is the target.
@@ -114,6 +119,7 @@ class TransferConfig:
     data: DataConfig = DataConfig()
     teacher_artifact: str | None = None
     source_student: str | None = None
+    trust_teacher: bool = False
     source_classes: tuple[str, ...] | None = ("0", "1", "2", "3", "4")
     target_classes: tuple[str, ...] | None = None
     student: str = "vgg9"
@@ -159,8 +165,7 @@ class TransferConfig:
             object.__setattr__(self, "pool_windows", tuple(POOL_WINDOWS))
         for label in (self.pool_window, *self.pool_windows):
             pool_fraction(label)
-        if not self.loss_weight > 0:
-            raise ValueError(f"loss_weight must be positive, got {self.loss_weight}")
+        ranges.check_number("loss_weight", self.loss_weight, 0, low_open=True)
         check_steps(self, ("max_steps", "teacher_max_steps", "checkpoint_every", "log_every"))
         if not self.methods and not self.depth_pairs and not self.pool_windows:
             raise ValueError("nothing to run: no methods and no ablations")
@@ -188,7 +193,8 @@ class Run:
 def teacher_spec(cfg: TransferConfig, source: Dataset | None, image_shape):
     """(model, num_classes) of the teacher, without loading or training any weights."""
     if cfg.teacher_artifact:
-        meta = checkpoint.read_teacher_meta(cfg.teacher_artifact)
+        meta = checkpoint.read_teacher_meta(cfg.teacher_artifact,
+                                            trust_unverified=cfg.trust_teacher)
         if tuple(meta.input_size) != tuple(image_shape):
             raise ValueError(f"teacher at {cfg.teacher_artifact} expects inputs "
                              f"{tuple(meta.input_size)}, the data has {tuple(image_shape)} "
@@ -248,7 +254,8 @@ def plan(cfg: TransferConfig, student, teacher_model, image_shape) -> list[Run]:
 def check_source_student(cfg: TransferConfig, source: Dataset | None, t_classes: int) -> None:
     """Fails early when the oracle's source-pretrained student cannot be had."""
     if cfg.source_student:
-        meta = checkpoint.read_teacher_meta(cfg.source_student)
+        meta = checkpoint.read_teacher_meta(cfg.source_student,
+                                            trust_unverified=cfg.trust_teacher)
         if meta.arch != cfg.student or meta.num_classes != t_classes:
             raise ValueError(f"--source-student {cfg.source_student} holds a {meta.arch} with "
                              f"{meta.num_classes} classes; the oracle needs a {cfg.student} "
@@ -264,13 +271,15 @@ def pretrained_student(cfg: TransferConfig, source: Dataset | None, t_classes: i
     """Variables of the student architecture pretrained with CE on the source task."""
     opts = {k: v for k, v in cfg.student_options.items() if k != "source_classes"}
     if cfg.source_student:
-        art = checkpoint.restore_teacher(cfg.source_student, expect_arch=cfg.student)
+        art = checkpoint.restore_teacher(cfg.source_student, expect_arch=cfg.student,
+                                         trust_unverified=cfg.trust_teacher)
     else:
         art = train_teacher(source, paths.as_dir(cfg.workdir) / "source_student", arch=cfg.student,
                             model_options=opts, optim=cfg.teacher_optim,
                             max_steps=cfg.teacher_max_steps, checkpoint_every=cfg.checkpoint_every,
                             progress=cfg.progress, mesh=mesh, seed=SOURCE_STUDENT_SEED,
-                            augment=cfg.data.augment, stop=stop)
+                            augment=cfg.data.augment, stop=stop,
+                            trust_unverified=cfg.trust_teacher)
     if art.meta.num_classes != t_classes:
         raise ValueError(f"source-pretrained student has {art.meta.num_classes} classes, the "
                          f"teacher {t_classes}")
@@ -279,11 +288,13 @@ def pretrained_student(cfg: TransferConfig, source: Dataset | None, t_classes: i
 
 def load_teacher(cfg: TransferConfig, source: Dataset | None, mesh, stop=None) -> Teacher:
     if cfg.teacher_artifact:
-        return checkpoint.restore_teacher(cfg.teacher_artifact)
+        return checkpoint.restore_teacher(cfg.teacher_artifact,
+                                          trust_unverified=cfg.trust_teacher)
     return train_teacher(source, paths.as_dir(cfg.workdir) / "teacher", arch=cfg.teacher,
                          model_options=cfg.teacher_options, optim=cfg.teacher_optim,
                          max_steps=cfg.teacher_max_steps, checkpoint_every=cfg.checkpoint_every,
-                         progress=cfg.progress, augment=cfg.data.augment, mesh=mesh, stop=stop)
+                         progress=cfg.progress, augment=cfg.data.augment, mesh=mesh, stop=stop,
+                         trust_unverified=cfg.trust_teacher)
 
 
 def run(cfg: TransferConfig, *, mesh=None, stop=None) -> dict[str, list[dict]]:
@@ -321,6 +332,14 @@ def run(cfg: TransferConfig, *, mesh=None, stop=None) -> dict[str, list[dict]]:
             "teacher": f"{teacher.meta.arch} ({teacher.meta.dataset}, "
                        f"{teacher.meta.num_classes} classes)",
             "target": target.name, "analogue": source is not None}
+    inputs = {"data": dataset_fingerprint(target),
+              "teacher": record.teacher_fingerprint(teacher)}
+    inputs_oracle = inputs if oracle_init is None else {
+        **inputs, "init": record.variables_fingerprint(oracle_init)}
+    record.check_runs((workdir / "runs" / r.name,
+                       run_record(cfg, train_config(cfg, r, s_opts), r, info["teacher"],
+                                  inputs_oracle if r.method == "oracle" else inputs),
+                       f"run {r.name}", r.objective) for r in runs)
     rows = {"main": [], "depth": [], "pool": []}
     steps = StepCache()  # one compiled step per objective, not per run
     bar = tqdm(total=len(runs), desc="grid", position=0, dynamic_ncols=True,
@@ -328,17 +347,8 @@ def run(cfg: TransferConfig, *, mesh=None, stop=None) -> dict[str, list[dict]]:
     try:
         for r in runs:
             bar.set_description(f"grid [{r.name}]")
-            train_cfg = TrainConfig(model=cfg.student, model_options=dict(s_opts),
-                                    objective=r.objective, optim=cfg.optim, seed=r.seed,
-                                    max_steps=cfg.max_steps, log_every=cfg.log_every,
-                                    checkpoint_every=cfg.checkpoint_every, progress=cfg.progress,
-                                    augment=cfg.data.augment)
+            train_cfg = train_config(cfg, r, s_opts)
             run_dir = workdir / "runs" / r.name
-            check_record(run_dir / CONFIG_FILE,
-                         {"train": config_lib.to_dict(train_cfg),
-                          "data": config_lib.to_dict(cfg.data), "n_per_class": r.n,
-                          "teacher": info["teacher"], "oracle": r.method == "oracle"},
-                         what=f"run {r.name}", ignore=RECORD_MAY_CHANGE)
             t0 = time.time()
             train, val = subsets[(r.n, r.seed)]
             try:
@@ -358,6 +368,26 @@ def run(cfg: TransferConfig, *, mesh=None, stop=None) -> dict[str, list[dict]]:
     finally:
         bar.close()
     return rows
+
+
+def train_config(cfg: TransferConfig, r: Run, student_options: dict) -> TrainConfig:
+    """Run ``r``'s training config."""
+    return TrainConfig(model=cfg.student, model_options=dict(student_options),
+                       objective=r.objective, optim=cfg.optim, seed=r.seed,
+                       max_steps=cfg.max_steps, log_every=cfg.log_every,
+                       checkpoint_every=cfg.checkpoint_every, progress=cfg.progress,
+                       augment=cfg.data.augment)
+
+
+def run_record(cfg: TransferConfig, train_cfg: TrainConfig, r: Run, teacher: str,
+               inputs: dict) -> dict:
+    """Everything that determines run ``r`` (its ``config.json``): training config, data,
+    subset, teacher, whether it starts from the source-pretrained student, and the
+    fingerprints of the data, the teacher and that initialisation (``inputs``, see
+    :mod:`jkt.grids.record`)."""
+    return {"train": config_lib.to_dict(train_cfg), "data": config_lib.to_dict(cfg.data),
+            "n_per_class": r.n, "teacher": teacher, "oracle": r.method == "oracle",
+            record.INPUTS: inputs}
 
 
 def result_row(r: Run, res, run_dir: Path, *, skipped: bool) -> dict:

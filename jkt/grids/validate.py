@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 from jkt import models
+from jkt.ranges import MAX_SEED, check_int, check_number
 
 
 def check_names(field: str, names, valid) -> None:
@@ -20,7 +21,7 @@ def check_names(field: str, names, valid) -> None:
 
 
 def check_points_per_class(field: str, ns) -> None:
-    if not ns or any(not ((isinstance(n, int) and n > 0) or n == "full") for n in ns):
+    if not ns or any(not ((type(n) is int and n > 0) or n == "full") for n in ns):
         raise ValueError(f"{field} takes positive integers or 'full', got "
                          f"{','.join(map(str, ns)) or 'nothing'}")
     if len(set(ns)) != len(ns):
@@ -30,8 +31,20 @@ def check_points_per_class(field: str, ns) -> None:
 def check_seeds(seeds) -> None:
     if not seeds:
         raise ValueError("seeds is empty")
+    for seed in seeds:
+        check_int("seeds", seed, 0, MAX_SEED)
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds lists a seed twice: {','.join(map(str, seeds))}")
+
+
+def check_non_negative(field: str, values) -> None:
+    """``values`` (a tuple field: λs, σs) are distinct finite numbers >= 0, at least one."""
+    if not values or any(isinstance(v, bool) or not isinstance(v, int | float)
+                         or not math.isfinite(v) or v < 0 for v in values):
+        raise ValueError(f"{field} takes non-negative numbers (finite, >= 0), got "
+                         f"{','.join(map(str, values)) or 'nothing'}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"{field} lists a value twice: {','.join(map(str, values))}")
 
 
 def check_model(name: str, options: dict, who: str, field: str | None = None) -> None:
@@ -45,21 +58,22 @@ def check_model(name: str, options: dict, who: str, field: str | None = None) ->
     if unknown:
         raise ValueError(f"unknown {field} {', '.join(unknown)} for a {name}; valid: "
                          f"{', '.join(models.registry.options(name))}")
-    width = options.get("width_multiplier", 1.0)
-    if not (isinstance(width, int | float) and math.isfinite(width) and width > 0):
-        raise ValueError(f"{field}.width_multiplier must be positive and finite, got {width!r}")
+    check_number(f"{field}.width_multiplier", options.get("width_multiplier", 1.0), 0,
+                 low_open=True)
+    if "dropout" in options:
+        check_number(f"{field}.dropout", options["dropout"], 0, 1, high_open=True)
     sizes = options.get("stage_sizes")
     if sizes is not None and (not isinstance(sizes, tuple | list) or not sizes or not all(
-            isinstance(s, int) and s > 0 for s in sizes)):
+            type(s) is int and s > 0 for s in sizes)):
         raise ValueError(f"{field}.stage_sizes takes positive integers, e.g. 3,4,6,3; "
                          f"got {sizes!r}")
 
 
 def check_steps(cfg, fields) -> None:
+    """Each field of ``fields`` is ``None`` or a positive integer."""
     for f in fields:
-        v = getattr(cfg, f)
-        if v is not None and v <= 0:
-            raise ValueError(f"{f} must be positive, got {v}")
+        if getattr(cfg, f) is not None:
+            check_int(f, getattr(cfg, f))
 
 
 def check_dataset(ds) -> None:
@@ -73,18 +87,34 @@ def check_dataset(ds) -> None:
             raise ValueError(f"{ds.name} has no {name} examples")
 
 
-def check_teacher_artifact(path, arch: str, num_classes: int, what: str = "teacher") -> None:
-    """The artifact at ``path`` holds ``arch`` with ``num_classes`` outputs (before any
-    weights are read)."""
+def check_teacher_artifact(path, arch: str, ds, what: str = "teacher", *,
+                           trust_unverified: bool = False) -> None:
+    """The artifact at ``path`` holds ``arch`` with the classes of dataset ``ds`` (before
+    any weights are read). A teacher trained on another dataset or other class names is
+    used with a note."""
     from jkt import checkpoint
 
-    meta = checkpoint.read_teacher_meta(path)
+    num_classes = ds.num_classes
+    meta = checkpoint.read_teacher_meta(path, trust_unverified=trust_unverified)
     if meta.arch != arch:
         raise ValueError(f"{what} artifact {path} holds a {meta.arch}, this config's {what} is "
                          f"a {arch}; pass --config.teacher={meta.arch} to use it")
     if meta.num_classes != num_classes:
         raise ValueError(f"{what} artifact {path} has {meta.num_classes} classes, the data has "
                          f"{num_classes}")
+    names = meta.extra.get("class_names")
+    if names is not None and list(names) != list(ds.class_names):
+        print(f"note: {what} artifact {path} was trained on classes {_few(names)}, the data's "
+              f"are {_few(ds.class_names)}: class i of the one is matched to class i of the "
+              "other")
+    elif meta.dataset != ds.name:
+        print(f"note: {what} artifact {path} was trained on {meta.dataset!r}, the data is "
+              f"{ds.name!r}")
+
+
+def _few(names, k: int = 4) -> str:
+    names = list(map(str, names))
+    return ", ".join(names[:k]) + (f" ... ({len(names)})" if len(names) > k else "")
 
 
 def describe_subsets(subsets: dict, seed: int, data_cfg, optim, max_steps) -> None:

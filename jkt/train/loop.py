@@ -27,7 +27,7 @@ from jkt.data.batches import BatchStream, eval_batches, make_batch
 from jkt.data.transforms import augmentation_name
 from jkt.data.types import Split
 from jkt.models import create as create_model
-from jkt.train import fused
+from jkt.train import fused, memory
 from jkt.train.metrics import MetricLog, NonFiniteLossError
 from jkt.train.objective import Objective
 from jkt.train.optim import CIFAR_RECIPE, OptimConfig, Optimizer, learning_rates
@@ -157,10 +157,13 @@ def train_and_evaluate(
         w.mkdir(parents=True, exist_ok=True)
     model = create_model(cfg.model, num_classes, **cfg.model_options)
     image_shape = tuple(train.images.shape[1:])
+    optimizer = Optimizer.of(cfg.optim)
+    # A step that cannot fit in the device's memory is one line now, before any compilation.
+    memory.check_step(model, objectives, optimizer, image_shape, cfg.optim.batch_size, mesh,
+                         teacher=teacher, mode=mode, eval_batch_size=cfg.eval_batch_size)
     stream = BatchStream(len(train), cfg.optim.batch_size, seed=cfg.seed)
     n_steps = total_steps(cfg, len(train))
     rates = _OnMesh(learning_rates(cfg.optim, stream.steps_per_epoch, n_steps), mesh)
-    optimizer = Optimizer.of(cfg.optim)
     teacher_kw, teacher_vars = _teacher_inputs(objectives, teacher, image_shape, mesh)
     train_step = steps.train_step(model, objectives, optimizer, mean=mean, std=std,
                                   augment=cfg.augment, mode=mode, mesh=mesh, **teacher_kw)

@@ -16,6 +16,8 @@ import jax
 import numpy as np
 import optax
 
+from jkt.ranges import check_int, check_number
+
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
@@ -46,11 +48,16 @@ class OptimConfig:
     def __post_init__(self):
         if self.name not in ("adam", "sgd"):
             raise ValueError(f"unknown optimiser {self.name!r}; valid: adam, sgd")
-        for field in ("learning_rate", "epochs", "batch_size"):
-            if not getattr(self, field) > 0:
-                raise ValueError(f"{field} must be positive, got {getattr(self, field)!r}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        check_number("learning_rate", self.learning_rate, 0, low_open=True)
+        check_int("epochs", self.epochs)
+        check_int("batch_size", self.batch_size)
+        check_number("momentum", self.momentum, 0, 1, high_open=True)
+        check_number("weight_decay", self.weight_decay, 0)
+        check_number("decay_factor", self.decay_factor, 0, 1, low_open=True)
+        if not isinstance(self.decay_epochs, tuple | list):
+            raise ValueError(f"decay_epochs takes a tuple of epochs, got {self.decay_epochs!r}")
+        for epoch in self.decay_epochs:  # (0, 1): a fraction of the run; else an epoch
+            check_number("decay_epochs", epoch, 0, low_open=True)
 
 
 # Appendix 10.3. CIFAR: Adam 1e-3 -> 1e-4 at 400 of 500 epochs, batch 128.

@@ -7,6 +7,7 @@ import numpy as np
 
 from jkt import checkpoint, models, paths
 from jkt import config as config_lib
+from jkt.data.fingerprint import dataset_fingerprint
 from jkt.data.types import Dataset
 from jkt.models.teacher import Teacher, TeacherMeta
 from jkt.train.loop import TrainConfig, final_variables, train_and_evaluate
@@ -20,14 +21,16 @@ def train_teacher(ds: Dataset, out, *, arch: str = "vgg9", model_options: dict |
                   optim: OptimConfig = CIFAR_RECIPE, max_steps: int | None = None, seed: int = 0,
                   checkpoint_every: int = 1000, progress: bool = True,
                   augment: str = "crop+flip", mesh=None, stop=None,
-                  record_name: str = "config.json") -> Teacher:
+                  record_name: str = "config.json", trust_unverified: bool = False) -> Teacher:
     """Trains ``arch`` with cross-entropy on ``ds.train`` (validated on ``ds.val`` when it
     has images) and writes a teacher artifact to ``out/artifact`` (resumable checkpoints
     under ``out/run``, checkpointed every ``checkpoint_every`` steps; ``augment`` as in
     :class:`jkt.train.TrainConfig`; ``stop`` as in :func:`jkt.train.loop.train_and_evaluate`).
-    Returns the restored teacher; an existing artifact is returned without training.
-    ``out/<record_name>`` records what determines the teacher; a later call with other
-    settings stops with one line naming them."""
+    Returns the restored teacher; an existing artifact is returned without training
+    (``trust_unverified``: as in :func:`jkt.checkpoint.restore_teacher`).
+    ``out/<record_name>`` records what determines the teacher, with the content
+    fingerprint of ``ds`` (:func:`jkt.data.fingerprint.dataset_fingerprint`); a later call
+    with other settings or other data stops with one line naming them."""
     out = paths.as_dir(out)
     artifact = out / "artifact"
     record = {"arch": arch, "model_options": dict(model_options or {}),
@@ -36,9 +39,11 @@ def train_teacher(ds: Dataset, out, *, arch: str = "vgg9", model_options: dict |
               "image_shape": list(ds.image_shape)}
     if augment != "crop+flip":  # records written before the setting existed stay valid
         record["augment"] = augment
-    check_record(out / record_name, record, what="the teacher")
+    record["inputs"] = {"data": dataset_fingerprint(ds)}
+    check_record(out / record_name, record, what="the teacher", optional=("inputs",))
     if artifact.exists():
-        return checkpoint.restore_teacher(artifact, expect_arch=arch)
+        return checkpoint.restore_teacher(artifact, expect_arch=arch,
+                                          trust_unverified=trust_unverified)
     cfg = TrainConfig(model=arch, model_options=dict(model_options or {}),
                       objective=Objective(ce=1.0), optim=optim, seed=seed, max_steps=max_steps,
                       checkpoint_every=checkpoint_every, progress=progress, augment=augment)
