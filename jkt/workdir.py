@@ -38,6 +38,11 @@ LOCK_FILE = ".lock"
 # Fields of a run's record that may change between launches without changing its numbers.
 RECORD_MAY_CHANGE = ("train.progress", "train.log_every", "train.checkpoint_every",
                      "data.cache_dir")
+# Config fields added after records were first written, with the value that gives the
+# behaviour of before: a stored record without one reads as having that value. Keys are
+# dotted field paths matched at the end of a record's path ("optim.batching" matches
+# "train.optim.batching" and a teacher record's "optim.batching").
+RECORD_ADDED: dict[str, object] = {}
 
 
 class WorkdirBusyError(RuntimeError):
@@ -360,6 +365,7 @@ def check_record(path, record: dict, *, what: str, ignore: tuple[str, ...] = (),
             raise SettingsChangedError(f"{path} is not a run record; delete {path.parent} to "
                                        f"start {what} afresh")
         ignore = (*ignore, *(k for k in optional if k not in stored))
+        stored = _with_added(stored, fresh)
         changed = [k for k in config_lib.diff(stored, fresh)
                    if not any(k == p or k.startswith(p + ".") for p in ignore)]
         if changed:
@@ -375,6 +381,28 @@ def check_record(path, record: dict, *, what: str, ignore: tuple[str, ...] = (),
         config_lib.write_json(fresh, path)
 
 
+def _with_added(stored: dict, fresh: dict) -> dict:
+    """``stored`` with the :data:`RECORD_ADDED` fields it predates set to their values of
+    before (only where ``fresh`` has the field)."""
+    flat_stored = config_lib.flatten(stored)
+    missing = {k: v for k, v in config_lib.flatten(fresh).items() if k not in flat_stored}
+    fill = {k: RECORD_ADDED[f] for k in missing for f in RECORD_ADDED
+            if k == f or k.endswith("." + f)}
+    if not fill:
+        return stored
+    out = json.loads(json.dumps(stored))
+    for k, v in fill.items():
+        node = out
+        *parents, leaf = k.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                break
+        else:
+            node[leaf] = v
+    return out
+
+
 def _short(value):
     """A fingerprint (a long hex string) cut to 12 digits for a message."""
     if isinstance(value, str) and len(value) > 40 and all(c in "0123456789abcdef" for c in value):
@@ -382,7 +410,7 @@ def _short(value):
     return value
 
 
-__all__ = ["CONFIG_FILE", "DISK_FULL", "NOT_WRITABLE", "RECORD_MAY_CHANGE",
+__all__ = ["CONFIG_FILE", "DISK_FULL", "NOT_WRITABLE", "RECORD_ADDED", "RECORD_MAY_CHANGE",
            "SettingsChangedError", "WorkdirBusyError", "WorkdirLock", "WriteError",
            "check_record", "disk_fix", "is_writer", "launch_record", "os_cause", "prepare",
            "restore_launch_record", "setup_jax", "write_error", "write_file"]

@@ -55,7 +55,7 @@ def test_unused_fields_are_what_the_objective_does_not_read():
     assert "inputs.teacher" not in record.unused_fields(METHODS["act"])
 
 
-def test_check_record_compares_inputs_only_when_recorded(tmp_path):
+def test_check_record_compares_inputs_only_when_recorded(tmp_path, monkeypatch):
     path = tmp_path / "run" / "config.json"
     old = {"train": {"lr": 1}}
     workdir.check_record(path, old, what="run r")
@@ -67,6 +67,13 @@ def test_check_record_compares_inputs_only_when_recorded(tmp_path):
         workdir.check_record(path, {**old, "inputs": {"data": "b" * 64}}, what="run r",
                              optional=("inputs",))
     assert "inputs.data ('aaaaaaaaaaaa...' -> 'bbbbbbbbbbbb...')" in str(e.value)
+    # A field added to configs later reads, in records without it, as its old behaviour.
+    monkeypatch.setitem(workdir.RECORD_ADDED, "optim.batching", "cycle")
+    path.write_text(json.dumps({"train": {"optim": {"lr": 1}}}))
+    workdir.check_record(path, {"train": {"optim": {"lr": 1, "batching": "cycle"}}}, what="r")
+    with pytest.raises(workdir.SettingsChangedError, match="batching .'cycle' -> 'epoch'."):
+        workdir.check_record(path, {"train": {"optim": {"lr": 1, "batching": "epoch"}}},
+                             what="r")
     path.write_text("[1, 2]")
     with pytest.raises(workdir.SettingsChangedError, match="not a run record"):
         workdir.check_record(path, old, what="run r")
