@@ -224,4 +224,10 @@ def _resized(img: Image.Image, image_size: int, resize: str) -> np.ndarray:
     return np.asarray(img, np.uint8)
 
 
-__all__ = ["decode"]
+def resized_array(image: np.ndarray, image_size: int, resize: str = "stretch") -> np.ndarray:
+    """An 8-bit RGB ``(H, W, 3)`` array as an ``(image_size, image_size, 3)`` square, resized
+    as :func:`decode` resizes a file's pixels."""
+    return _resized(Image.fromarray(np.asarray(image, np.uint8)), image_size, resize)
+
+
+__all__ = ["decode", "resized_array"]
