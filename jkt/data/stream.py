@@ -205,8 +205,17 @@ def streamed_batches(records, stream: BatchStream, mesh: Mesh, start_step: int =
     if options.workers > 0:
         _absl_flags_parsed()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=options.workers))
-    for local in ds:
-        yield parallel.global_batch(local, mesh, b)
+    it = iter(ds)
+    try:
+        for local in it:
+            yield parallel.global_batch(local, mesh, b)
+    finally:  # the worker processes end with the stream, however it is left
+        close = getattr(it, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:  # noqa: BLE001 - Grain's shutdown of workers never started
+                pass
 
 
 def _absl_flags_parsed() -> None:
