@@ -61,12 +61,16 @@ class Flag:
 
 
 def optim_flags(prefix: str = "", path: str = "optim", who: str = "student") -> tuple[Flag, ...]:
-    """``--[prefix]epochs/batch-size/lr/optimizer`` for the :class:`OptimConfig` at ``path``."""
+    """``--[prefix]epochs/batch-size/lr/optimizer/batching`` for the :class:`OptimConfig`
+    at ``path``."""
     return (
         Flag(f"--{prefix}epochs", f"{path}.epochs", f"{who} epochs"),
         Flag(f"--{prefix}batch-size", f"{path}.batch_size", f"{who} global batch size"),
         Flag(f"--{prefix}lr", f"{path}.learning_rate", f"{who} initial learning rate"),
         Flag(f"--{prefix}optimizer", f"{path}.name", f"{who} optimiser: adam | sgd"),
+        Flag(f"--{prefix}batching", f"{path}.batching",
+             f"{who} batches: cycle (always full, across epoch boundaries) | epoch (one pass "
+             "an epoch, the last batch short)"),
     )
 
 

@@ -42,7 +42,19 @@ RECORD_MAY_CHANGE = ("train.progress", "train.log_every", "train.checkpoint_ever
 # behaviour of before: a stored record without one reads as having that value. Keys are
 # dotted field paths matched at the end of a record's path ("optim.batching" matches
 # "train.optim.batching" and a teacher record's "optim.batching").
-RECORD_ADDED: dict[str, object] = {}
+RECORD_ADDED: dict[str, object] = {
+    "optim.batching": "cycle",
+    # Objective terms and options after the paper's six (jkt.train.objective): off, or
+    # their defaults, in records written before them.
+    "objective.kd": 0.0,
+    "objective.kd_jac": 0.0,
+    "objective.act_noise": 0.0,
+    "objective.ce_noise": 0.0,
+    "objective.temperature": 4.0,
+    "objective.jac_norm_form": "logit",
+    "objective.noise_sigma": 0.1,
+    "objective.noise_draws": 1,
+}
 
 
 class WorkdirBusyError(RuntimeError):

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from jkt.data import DataConfig
+from experiments.configs import distill
 from jkt.grids.teacher import TeacherConfig
 
 
@@ -13,11 +13,20 @@ def default() -> TeacherConfig:
 
 
 def paper() -> TeacherConfig:
-    """The paper's teacher: VGG-9 on CIFAR-100, 500 epochs, Adam 1e-3 -> 1e-4 at epoch 400.
+    """The paper's teacher, exactly the one ``distill --preset paper`` trains: VGG-9 on
+    the whole official CIFAR-100 train split (50,000 images, no validation set, no
+    augmentation), 500 epochs of one pass each (``optim.batching=epoch``), Adam 1e-3 ->
+    1e-4 at epoch 400, batch 128, seed 0 (``tests/protocol_test.py`` compares the two).
 
         python -m experiments.train_teacher --preset paper --data-dir DIR
+
+    Its artifact (``runs/teacher_cifar100/artifact``) can be passed to ``distill --preset
+    paper --teacher``.
     """
-    return TeacherConfig(workdir="runs/teacher_cifar100", data=DataConfig("cifar100"))
+    grid = distill.paper()
+    return TeacherConfig(workdir="runs/teacher_cifar100", data=grid.data, arch=grid.teacher,
+                         model_options=dict(grid.teacher_options), optim=grid.teacher_optim,
+                         max_steps=grid.teacher_max_steps)
 
 
 PRESETS = {"default": default, "paper": paper}

@@ -6,6 +6,8 @@ then be overridden on the command line. Each preset's docstring gives the comman
 
 from __future__ import annotations
 
+import dataclasses
+
 from jkt.data import DataConfig
 from jkt.grids.transfer import TransferConfig
 from jkt.train import MIT_RECIPE, OptimConfig
@@ -83,9 +85,11 @@ def mit() -> TransferConfig:
        ``python -m experiments.import_torchvision --weights resnet34-b627a593.pth
        --out teachers/resnet34``
     3. Only for the ``oracle`` row: an ImageNet-pretrained VGG-9 (with BatchNorm,
-       ``jkt.models`` layout, 1000 classes) saved as a teacher artifact
-       (``jkt.checkpoint.save_teacher``, arch ``vgg9``), passed as ``--source-student``.
-       Without it, leave ``oracle`` out of ``--methods``.
+       ``jkt.models`` layout, 1000 classes) as a teacher artifact, passed as
+       ``--source-student``; ``python -m experiments.train_teacher --arch vgg9 --dataset
+       folder:IMAGENET_DIR --image-size 224 ...`` trains one (docs/experiments.md, "The
+       oracle's ImageNet-pretrained VGG-9"). Without it, leave ``oracle`` out of
+       ``--methods``.
 
     Then:
 
@@ -96,21 +100,23 @@ def mit() -> TransferConfig:
             --teacher teachers/resnet34 --methods none \\
             --depth-pairs auto --pool-windows all
 
-    224x224 inputs (shorter side resized to 224, central square kept; no augmentation:
-    the paper names none), SGD momentum 0.9, lr 1e-3 /10 after epochs 40 and 60 of 75,
-    batch 8 (app. 10.3); every loss weight 10 (app. 10.2); attention at every pair of
-    equal spatial size (stage1:pool2, stage2:pool3, stage3:pool4, stage4:pool5), its
+    224x224 inputs (shorter side resized to 224, central square kept; no augmentation: the
+    paper names none), SGD momentum 0.9, lr 1e-3 /10 after epochs 40 and 60 of 75, batch 8
+    (app. 10.3), an epoch one pass over the run's images (``optim.batching=epoch``: at n=5,
+    41 batches of 8 and one of 7); every loss weight 10 (app. 10.2); attention at every pair
+    of equal spatial size (stage1:pool2, stage2:pool3, stage3:pool4, stage4:pool5), its
     Jacobian at stage1:pool2 (after the first residual block / second max-pool: feature
     level 1) with a size/5 pooling window. "CE + match {activations + Jacobians}" matches
     that attention-map Jacobian (eq. 10) without attention matching
     (``--config.jacobian_row=output`` for the output Jacobian instead); Table 4 matches
     attention at every pair and moves only the Jacobian
-    (``--config.depth_attention=same_pair`` moves both). n ∈ {5, 10, 25, 50, full}, 2
-    seeds; "full" trains on the whole official ``TrainImages.txt`` list (80 per class,
-    5,360 images) without validation, a run on n < 80 is validated on 8 other images per
-    class not in its subset. The full-data runs dominate the cost: 5,360 images × 75
-    epochs with double backprop through both networks per step. results.md shows the
-    paper's numbers beside ours.
+    (``--config.depth_attention=same_pair`` moves both); every ablation run is Table 3's
+    ``ce+act+att+attjac`` at 10 images per class (docs/reproduction.md, "Tables 4-5
+    setting"). n ∈ {5, 10, 25, 50, full}, 2 seeds; "full" trains on the whole official
+    ``TrainImages.txt`` list (80 per class, 5,360 images) without validation, a run on n <
+    80 is validated on 8 other images per class not in its subset. The full-data runs
+    dominate the cost: 5,360 images × 75 epochs with double backprop through both networks
+    per step. results.md shows the paper's numbers beside ours.
     """
     return TransferConfig(
         workdir="runs/transfer_mit",
@@ -120,7 +126,7 @@ def mit() -> TransferConfig:
         teacher_options={},
         n_per_class=(5, 10, 25, 50, "full"),
         seeds=(0, 1),
-        optim=MIT_RECIPE,
+        optim=dataclasses.replace(MIT_RECIPE, batching="epoch"),
         loss_weight=10.0,
         log_every=50,
         compare_to_paper=True,

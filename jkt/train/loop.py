@@ -13,7 +13,6 @@ runs resume each other's checkpoints.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable
 from typing import Literal
@@ -36,6 +35,8 @@ from jkt.train.state import TrainState, create_train_state
 from jkt.train.step import StepCache
 
 CHECKPOINTS = "checkpoints"
+# Checkpoint data-meta keys added later, with the value of the checkpoints written before.
+DATA_META_ADDED = {"batching": "cycle"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,11 +79,20 @@ class TrainConfig:
             raise ValueError(f"max_steps must be positive, got {self.max_steps}")
 
 
-def total_steps(cfg: TrainConfig, num_examples: int) -> int:
-    """``epochs * ceil(N / B)``, or ``max_steps`` when set."""
+def batch_stream(cfg: TrainConfig, num_examples: int, data_devices: int = 1) -> BatchStream:
+    """The run's training batches (:class:`jkt.data.BatchStream`: ``cfg.optim``'s batch
+    size and batching, ``cfg.seed``) over a data mesh of ``data_devices`` devices."""
+    return BatchStream(num_examples, cfg.optim.batch_size, seed=cfg.seed,
+                       batching=cfg.optim.batching, multiple_of=data_devices)
+
+
+def total_steps(cfg: TrainConfig, num_examples: int, data_devices: int = 1) -> int:
+    """``epochs`` times the stream's steps per epoch (``ceil(N / B)``; see
+    :attr:`jkt.data.BatchStream.steps_per_epoch` for epoch batching on a mesh of
+    ``data_devices``), or ``max_steps`` when set."""
     if cfg.max_steps is not None:
         return cfg.max_steps
-    return cfg.optim.epochs * math.ceil(num_examples / cfg.optim.batch_size)
+    return cfg.optim.epochs * batch_stream(cfg, num_examples, data_devices).steps_per_epoch
 
 
 def train_and_evaluate(
@@ -161,15 +171,18 @@ def train_and_evaluate(
     # A step that cannot fit in the device's memory is one line now, before any compilation.
     memory.check_step(model, objectives, optimizer, image_shape, cfg.optim.batch_size, mesh,
                          teacher=teacher, mode=mode, eval_batch_size=cfg.eval_batch_size)
-    stream = BatchStream(len(train), cfg.optim.batch_size, seed=cfg.seed)
-    n_steps = total_steps(cfg, len(train))
+    # A pure function of (seed, step): a resumed run sees the batches it would have seen.
+    stream = batch_stream(cfg, len(train), mesh.devices.size)
+    n_steps = total_steps(cfg, len(train), mesh.devices.size)
     rates = _OnMesh(learning_rates(cfg.optim, stream.steps_per_epoch, n_steps), mesh)
     teacher_kw, teacher_vars = _teacher_inputs(objectives, teacher, image_shape, mesh)
     train_step = steps.train_step(model, objectives, optimizer, mean=mean, std=std,
                                   augment=cfg.augment, mode=mode, mesh=mesh, **teacher_kw)
     weights = jax.device_put(fused.weight_matrix(objectives), parallel.replicated(mesh))
     data_meta = {"num_examples": len(train), "batch_size": cfg.optim.batch_size,
-                 "seed": cfg.seed, "total_steps": n_steps}
+                 "seed": cfg.seed, "total_steps": n_steps, "batching": cfg.optim.batching}
+    if cfg.optim.batching == "epoch":  # the short batch depends on the mesh's device count
+        data_meta["images_per_epoch"] = stream.images_per_epoch
 
     ckpts = [TrainCheckpointer(w / CHECKPOINTS, max_to_keep=2) for w in run_dirs]
     t0 = time.time()
@@ -289,7 +302,7 @@ def _restore(ckpt: TrainCheckpointer, workdir, target: TrainState, data_meta: di
     except FileNotFoundError:
         raise ValueError(f"the fused runs' checkpoints in {workdir} have no common step "
                          f"{step}; rerun with --fusion off to resume them one by one") from None
-    stored = {k: meta.get(k) for k in data_meta}
+    stored = {k: meta.get(k, DATA_META_ADDED.get(k)) for k in data_meta}
     if stored != data_meta:
         raise ValueError(f"checkpoint in {workdir} was written for {stored}, this run is "
                          f"{data_meta}; use another workdir or delete it")
@@ -327,5 +340,5 @@ def final_variables(workdir, cfg: TrainConfig, num_classes: int, image_shape, me
     return model, {"params": state.params, "batch_stats": state.batch_stats}
 
 
-__all__ = ["CHECKPOINTS", "NonFiniteLossError", "TrainConfig", "evaluate", "final_variables",
-           "total_steps", "train_and_evaluate"]
+__all__ = ["CHECKPOINTS", "DATA_META_ADDED", "NonFiniteLossError", "TrainConfig",
+           "batch_stream", "evaluate", "final_variables", "total_steps", "train_and_evaluate"]

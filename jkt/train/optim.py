@@ -11,11 +11,13 @@ same transformation with the schedule inside, for a loop of your own.
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import jax
 import numpy as np
 import optax
 
+from jkt.data.batches import BATCHING
 from jkt.ranges import check_int, check_number
 
 
@@ -34,6 +36,17 @@ class OptimConfig:
       momentum: SGD momentum.
       weight_decay: ℓ2 regularisation strength γ, added to the gradient as ``γ·w``
         (coupled, i.e. the gradient of ``γ/2 ‖w‖²``; Table 2's ℓ2 baseline).
+      batching: how the ``N`` training images become batches
+        (:class:`jkt.data.BatchStream`). ``"cycle"``: every batch holds ``batch_size``
+        images of the concatenated per-epoch permutations, so batches cross epoch
+        boundaries and a set smaller than a batch repeats images inside one (n = 1 of
+        CIFAR-100: 128 of 100 images a step). ``"epoch"``: one pass over the images per
+        epoch in a fresh permutation, the last batch short (``N mod batch_size``; at n =
+        1 one batch of 100 an epoch), as an ordinary epoch loader; on a data-parallel
+        mesh of ``D`` devices the short batch is rounded down to a multiple of ``D`` (the
+        few images left over are skipped that epoch, different ones each epoch) and a set
+        of fewer than ``D`` images is refused. Either way an epoch is
+        ``ceil(N / batch_size)`` steps (one fewer when the rounding leaves no short batch).
     """
 
     name: str = "adam"
@@ -44,10 +57,14 @@ class OptimConfig:
     batch_size: int = 128
     momentum: float = 0.9
     weight_decay: float = 0.0
+    batching: Literal["cycle", "epoch"] = "cycle"
 
     def __post_init__(self):
         if self.name not in ("adam", "sgd"):
             raise ValueError(f"unknown optimiser {self.name!r}; valid: adam, sgd")
+        if self.batching not in BATCHING:
+            raise ValueError(f"unknown batching {self.batching!r}; valid: "
+                             f"{', '.join(BATCHING)}")
         check_number("learning_rate", self.learning_rate, 0, low_open=True)
         check_int("epochs", self.epochs)
         check_int("batch_size", self.batch_size)
@@ -145,5 +162,5 @@ def learning_rates(cfg: OptimConfig, steps_per_epoch: int, total_steps: int) -> 
     return np.asarray(jax.vmap(schedule)(steps), np.float32).reshape(total_steps)
 
 
-__all__ = ["CIFAR_RECIPE", "MIT_RECIPE", "RECIPES", "OptimConfig", "Optimizer",
+__all__ = ["BATCHING", "CIFAR_RECIPE", "MIT_RECIPE", "RECIPES", "OptimConfig", "Optimizer",
            "decay_boundaries", "learning_rate_schedule", "learning_rates", "make_optimizer"]
