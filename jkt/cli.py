@@ -75,19 +75,17 @@ def optim_flags(prefix: str = "", path: str = "optim", who: str = "student") -> 
 
 
 def data_flags(path: str = "data") -> tuple[Flag, ...]:
-    """``--dataset``, ``--data-dir``, ``--image-size``, ``--val-fraction``,
-    ``--validation``, ``--augment``."""
+    """The flags of the :class:`jkt.data.DataConfig` at ``path`` (``--dataset`` ...)."""
     return (
-        Flag("--dataset", f"{path}.name",
-             "digits | cifar10 | cifar100 | folder:PATH (folder or .zip/.tar.xz)"),
+        Flag("--dataset", f"{path}.name", "digits | cifar10 | cifar100 | folder:PATH (folder "
+             "or .zip/.tar.xz) | imagenet2012 (tfds, --pipeline stream only)"),
         Flag("--data-dir", f"{path}.data_dir", "tfds data directory (cifar10/cifar100)"),
         Flag("--image-size", f"{path}.image_size", "side of the square input images"),
-        Flag("--val-fraction", f"{path}.val_fraction",
-             "size of the validation set, as a fraction of the train split"),
-        Flag("--validation", f"{path}.validation",
-             "held_out: validate on images set aside from the train split; unused: train "
-             "on the whole train split, validate each subset run on images not in it; none"),
+        Flag("--val-fraction", f"{path}.val_fraction", "validation set, a fraction of train"),
+        Flag("--validation", f"{path}.validation", "held_out: set aside from train | unused: "
+             "train on all, validate subset runs on images not in them | none"),
         Flag("--augment", f"{path}.augment", "none | crop | crop+flip (pad-4 crop, flip)"),
+        Flag("--pipeline", f"{path}.pipeline", "resident | stream (decoded when due) | auto"),
     )
 
 
@@ -295,7 +293,7 @@ def run(main: Callable[[Any], Any], cfg, errors: tuple[type[BaseException], ...]
     checkpoint write are silenced (:func:`quiet_background_write_failures`): the same
     failure reaches ``main`` as one :class:`jkt.workdir.WriteError`.
     """
-    from jkt import workdir
+    from jkt import workdir_lock
 
     stop = threading.Event() if stop is None else stop
     previous = _install_stop_handler(stop)
@@ -308,7 +306,7 @@ def run(main: Callable[[Any], Any], cfg, errors: tuple[type[BaseException], ...]
         _exit_now(130)
     except USAGE_ERRORS as e:  # before OSError: FileNotFoundError is one
         _fail(e, 2)
-    except (*errors, workdir.WorkdirBusyError) as e:
+    except (*errors, workdir_lock.WorkdirBusyError) as e:
         _fail(e, 1)
     except OSError as e:
         print(f"error: {_disk_message(e, cfg)}", file=sys.stderr)

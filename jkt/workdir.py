@@ -3,11 +3,7 @@ recorded, one launch at a time, and every run's settings checked before it is re
 
 * :func:`prepare` sets up JAX (multi-host join, compilation cache), takes the
   directory's lock and writes the resolved config to ``config.json``.
-* :class:`WorkdirLock`: a second launch on a busy work directory fails at once naming the
-  owner's pid and host; the processes of one multi-host job share the lock (the job is
-  identified by its coordinator address and process count), and a lock left by a dead
-  process on this host is taken over with a warning. The command line releases it however
-  a launch ends.
+* :class:`jkt.workdir_lock.WorkdirLock`: one launch at a time per work directory.
 * :func:`check_record`: each run writes what determines it (``config.json`` beside its
   checkpoints); resuming or skipping a run recorded with other settings stops with one
   line naming the fields that differ.
@@ -26,18 +22,16 @@ from __future__ import annotations
 import errno
 import json
 import os
-import socket
-import time
 from pathlib import Path
 
 from jkt import config as config_lib
 from jkt import paths
+from jkt.workdir_lock import WorkdirLock
 
 CONFIG_FILE = "config.json"
-LOCK_FILE = ".lock"
 # Fields of a run's record that may change between launches without changing its numbers.
 RECORD_MAY_CHANGE = ("train.progress", "train.log_every", "train.checkpoint_every",
-                     "data.cache_dir")
+                     "data.cache_dir", "data.pipeline")
 # Config fields added after records were first written, with the value that gives the
 # behaviour of before: a stored record without one reads as having that value. Keys are
 # dotted field paths matched at the end of a record's path ("optim.batching" matches
@@ -55,10 +49,6 @@ RECORD_ADDED: dict[str, object] = {
     "objective.noise_sigma": 0.1,
     "objective.noise_draws": 1,
 }
-
-
-class WorkdirBusyError(RuntimeError):
-    """Another launch holds the work directory."""
 
 
 class SettingsChangedError(ValueError):
@@ -153,129 +143,6 @@ def setup_jax(workdir) -> None:
         where = os.fspath(workdir) if paths.is_uri(workdir) else Path(workdir).absolute()
         jax.config.update("jax_compilation_cache_dir", f"{where}/.jax_cache")
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-
-
-def _job_id() -> str:
-    """Identifies one launch: processes of one multi-host job share it."""
-    import jax
-
-    if jax.process_count() > 1:
-        coordinator = os.environ.get("JAX_COORDINATOR_ADDRESS", "distributed")
-        return f"job:{coordinator}:{jax.process_count()}"
-    return f"pid:{socket.gethostname()}:{os.getpid()}"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class WorkdirLock:
-    """An exclusive claim on ``workdir`` for this launch (``workdir/.lock``).
-
-    In an object store (``gs://``), which has no exclusive create, the lock is written and
-    read back after :attr:`SETTLE_S`: of two launches that start within that time, the
-    one whose record is read back keeps it and the other stops as if the lock had been
-    there (stores such as Cloud Storage read back the last completed write).
-    """
-
-    SETTLE_S = 2.0
-
-    def __init__(self, workdir):
-        self.path = paths.as_dir(workdir) / LOCK_FILE
-        self.owner = {"job": _job_id(), "pid": os.getpid(), "host": socket.gethostname(),
-                      "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-        self.held = False
-
-    def acquire(self) -> WorkdirLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
-            try:
-                self._create()
-            except FileExistsError:
-                holder = self._holder()
-                if holder.get("job") == self.owner["job"]:
-                    return self  # another process of this multi-host job took it
-                if self._stale(holder):
-                    print(f"warning: removing the stale lock of pid {holder.get('pid')} "
-                          f"({self.path})")
-                    self.path.unlink(missing_ok=True)
-                    continue
-                raise WorkdirBusyError(
-                    f"{self.path.parent} is in use by pid {holder.get('pid', '?')} on "
-                    f"{holder.get('host', '?')} (since {holder.get('since', '?')}); wait for it, "
-                    f"use another --workdir, or delete {self.path} if that process is gone"
-                ) from None
-            self.held = True
-            return self
-        raise WorkdirBusyError(f"could not take the lock {self.path}")
-
-    def _create(self) -> None:
-        """Creates the lock file with its owner record in one step (``FileExistsError`` if
-        it exists): the record is written to a private file and hard-linked into place, so
-        a process of the same job never sees an empty lock and takes it for a stale one.
-        Where hard links are unsupported, an exclusive create and then the write."""
-        if paths.is_uri(self.path):
-            return self._create_in_store()
-        tmp = self.path.with_name(f"{self.path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
-        try:
-            tmp.write_text(json.dumps(self.owner))
-            try:
-                os.link(tmp, self.path)
-                return
-            except FileExistsError:
-                raise
-            except OSError:  # no hard links on this filesystem
-                pass
-        finally:
-            tmp.unlink(missing_ok=True)
-        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.owner, f)
-
-    def _create_in_store(self) -> None:
-        if self.path.exists():
-            raise FileExistsError(self.path)
-        self.path.write_text(json.dumps(self.owner))
-        time.sleep(self.SETTLE_S)
-        if self._holder().get("job") != self.owner["job"]:
-            raise FileExistsError(self.path)  # another launch wrote after this one
-
-    def _holder(self) -> dict:
-        try:
-            return json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {}
-
-    def _stale(self, holder: dict) -> bool:
-        """Left by a process of this host that is gone (or unreadable: a crashed writer).
-        A lock taken on another host cannot be checked from here."""
-        if holder.get("host") != socket.gethostname() or "pid" not in holder:
-            return not holder
-        return not _alive(holder["pid"])
-
-    def release(self) -> None:
-        """Removes the lock if this process holds it. Best effort: a lock that cannot be
-        removed (a read-only disk) stays, and the next launch on this host takes it over
-        as stale."""
-        if self.held:
-            self.held = False
-            if self._holder().get("pid") == self.owner["pid"]:
-                try:
-                    self.path.unlink(missing_ok=True)
-                except OSError:
-                    pass
-
-    def __enter__(self):
-        return self.acquire()
-
-    def __exit__(self, *exc):
-        self.release()
 
 
 def prepare(cfg, workdir=None, *, lock: bool = True) -> tuple[Path, WorkdirLock | None]:
@@ -423,6 +290,6 @@ def _short(value):
 
 
 __all__ = ["CONFIG_FILE", "DISK_FULL", "NOT_WRITABLE", "RECORD_ADDED", "RECORD_MAY_CHANGE",
-           "SettingsChangedError", "WorkdirBusyError", "WorkdirLock", "WriteError",
+           "SettingsChangedError", "WriteError",
            "check_record", "disk_fix", "is_writer", "launch_record", "os_cause", "prepare",
            "restore_launch_record", "setup_jax", "write_error", "write_file"]

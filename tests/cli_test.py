@@ -9,7 +9,7 @@ import json
 import pytest
 
 from experiments import bench, distill, robustness, train_teacher, transfer
-from jkt import cli, workdir
+from jkt import cli, workdir, workdir_lock
 from jkt import config as config_lib
 
 ENTRY_POINTS = {"distill": distill, "robustness": robustness, "transfer": transfer,
@@ -39,7 +39,7 @@ SAMPLES = {
     "--arch": "vgg4", "--steps": "2", "--warmup": "0", "--max-seconds": "1", "--classes": "3",
     "--devices": "1", "--no-torch": None, "--torch-threads": "1",
     "--validation": "unused", "--augment": "none", "--label-free-estimator": "random",
-    "--jacobian-row": "output", "--depth-attention": "same_pair",
+    "--jacobian-row": "output", "--depth-attention": "same_pair", "--pipeline": "stream",
 }
 STARTING = {"-h", "--help", "--preset", "--config", "--small", "--reference"}
 
@@ -160,7 +160,7 @@ def test_run_turns_failures_into_one_line_and_a_status(error, status, words, cap
 
 def test_busy_workdir_is_a_failure_not_a_usage_error(tmp_path, capsys):
     def busy(_):
-        raise workdir.WorkdirBusyError(f"{tmp_path} is in use by pid 1 on host")
+        raise workdir_lock.WorkdirBusyError(f"{tmp_path} is in use by pid 1 on host")
 
     with pytest.raises(SystemExit) as e:
         cli.run(busy, None)

@@ -23,7 +23,8 @@ LAYERS = (
                    "jkt.host_allocator", "jkt.resources")),
     ("math, models, data", ("jkt.jacobian", "jkt.losses", "jkt.penalties", "jkt.models",
                             "jkt.data")),
-    ("engine", ("jkt.train", "jkt.checkpoint", "jkt.workdir", "jkt.torchvision_import")),
+    ("engine", ("jkt.train", "jkt.checkpoint", "jkt.workdir", "jkt.workdir_lock",
+                "jkt.torchvision_import")),
     ("experiments", ("jkt.grids", "jkt.report", "jkt.bench", "jkt.cli")),
 )
 LOWER = ("jkt.jacobian", "jkt.losses", "jkt.penalties", "jkt.models", "jkt.data")

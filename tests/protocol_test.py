@@ -8,8 +8,8 @@
   loop's step count, learning-rate boundaries and resumption agree with it, and a short
   batch compiles the step once more, not once per epoch;
 * the paper presets' choices;
-* the oracle's recipe (docs/experiments.md): an ImageNet-layout folder -> ``train_teacher``
-  -> ``transfer --preset mit --source-student`` (slow).
+* the oracle's recipe (docs/experiments.md): an ImageNet-layout folder -> ``train_teacher
+  --preset imagenet-vgg9`` (streamed) -> ``transfer --preset mit --source-student`` (slow).
 """
 
 import collections
@@ -327,20 +327,24 @@ def _imagenet_like(root: Path, wnids=("n01440764", "n01443537", "n01484850"), pe
 def test_oracle_recipe_end_to_end(image_folder, tmp_path, monkeypatch):  # noqa: F811
     from experiments import transfer as transfer_cli
     from jkt import checkpoint, models
+    from jkt.data import stream as stream_lib
     from jkt.grids import transfer as transfer_grid
     from jkt.models.teacher import TeacherMeta
 
     monkeypatch.setenv("JKT_CACHE", str(tmp_path / "cache"))
     mesh = parallel.make_mesh(jax.devices()[:1])
     imagenet = _imagenet_like(tmp_path / "imagenet")
-    # 1. The ImageNet-pretrained VGG-9 (here: 3 "ImageNet" classes, 32 px, 1/16 width).
+    # 1. The ImageNet-pretrained VGG-9 of the imagenet-vgg9 preset, streamed (here: 3
+    # "ImageNet" classes, 32 px, 1/16 width, 3 steps: the epoch's short batch included).
     cfg = train_teacher_cli.parse_config([
-        "--arch", "vgg9", "--dataset", f"folder:{imagenet}", "--image-size", "32",
-        "--config.data.resize=crop", "--validation", "none", "--width-multiplier", "0.0625",
-        "--batch-size", "8", "--max-steps", "2", "--workdir", str(tmp_path / "vgg9_imagenet"),
-        "--no-progress"])
+        "--preset", "imagenet-vgg9", "--dataset", f"folder:{imagenet}", "--image-size", "32",
+        "--width-multiplier", "0.0625", "--batch-size", "8", "--max-steps", "3",
+        "--workdir", str(tmp_path / "vgg9_imagenet"), "--no-progress"])
+    assert cfg.data.pipeline == "stream" and cfg.optim.name == "sgd"
+    assert isinstance(data.load_config(cfg.data).train, stream_lib.Subset)  # 15 of 18
     source = teacher_grid.run(cfg, mesh=mesh)
     assert source.meta.num_classes == 3 and source.meta.arch == "vgg9"
+    assert source.meta.extra["steps"] == 3
     # 2. The ResNet-34 teacher with the same classes (import_torchvision's stand-in).
     t_opts = {"stage_sizes": (1, 1, 1, 1), "width_multiplier": 0.0625}
     resnet = models.create("resnet34", 3, **t_opts)

@@ -16,7 +16,7 @@ from compile_count_test import teacher_grid  # noqa: F401  (fixture: tiny grid +
 from distill_test import image_folder  # noqa: F401  (fixture: 3 classes of 32x32 images)
 from train_fixtures import one_line
 
-from jkt import paths, workdir
+from jkt import paths, workdir, workdir_lock
 from jkt.grids import distill as distill_grid
 
 VARYING = {"wall_time_s", "skipped", "resumed_from"}
@@ -68,7 +68,7 @@ def bucket(tmp_path, monkeypatch):
         return orig(p)
 
     monkeypatch.setattr(paths, "absolute", checkpoint_path)
-    monkeypatch.setattr(workdir.WorkdirLock, "SETTLE_S", 0.0)
+    monkeypatch.setattr(workdir_lock.WorkdirLock, "SETTLE_S", 0.0)
     with epath_testing.mock_epath(**_gs_bucket(root)):
         yield root, seen
 
@@ -137,25 +137,25 @@ def test_busy_gs_workdir_names_the_owner(bucket):
     (root / "runs").mkdir()
     (root / "runs" / ".lock").write_text(json.dumps(
         {"job": "job:elsewhere", "pid": 4242, "host": "other-host", "since": "earlier"}))
-    with pytest.raises(workdir.WorkdirBusyError, match="pid 4242 on other-host"):
-        workdir.WorkdirLock("gs://bucket/runs").acquire()
+    with pytest.raises(workdir_lock.WorkdirBusyError, match="pid 4242 on other-host"):
+        workdir_lock.WorkdirLock("gs://bucket/runs").acquire()
 
 
 def test_gs_lock_lost_to_a_later_writer_is_busy(bucket, monkeypatch):
     """Two launches that write the lock within the settle time: the one whose record is
     not read back stops."""
     root, _ = bucket
-    lock = workdir.WorkdirLock("gs://bucket/runs")
+    lock = workdir_lock.WorkdirLock("gs://bucket/runs")
     (root / "runs").mkdir()
-    real_sleep = workdir.time.sleep
+    real_sleep = workdir_lock.time.sleep
 
     def other_launch_writes(s):
         (root / "runs" / ".lock").write_text(json.dumps(
             {"job": "job:other", "pid": 4243, "host": "other-host", "since": "now"}))
         real_sleep(s)
 
-    monkeypatch.setattr(workdir.time, "sleep", other_launch_writes)
-    with pytest.raises(workdir.WorkdirBusyError, match="pid 4243 on other-host"):
+    monkeypatch.setattr(workdir_lock.time, "sleep", other_launch_writes)
+    with pytest.raises(workdir_lock.WorkdirBusyError, match="pid 4243 on other-host"):
         lock.acquire()
 
 

@@ -10,19 +10,19 @@ import time
 
 import pytest
 
-from jkt import workdir
+from jkt import workdir, workdir_lock
 
 
 def test_second_launch_on_a_busy_workdir_fails_naming_the_owner(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from jkt import workdir; "
-         f"workdir.WorkdirLock({str(tmp_path)!r}).acquire(); print('locked', flush=True); "
+        [sys.executable, "-c", "import sys, time; from jkt import workdir_lock; "
+         f"workdir_lock.WorkdirLock({str(tmp_path)!r}).acquire(); print('locked', flush=True); "
          "time.sleep(60)"],
         stdout=subprocess.PIPE, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(workdir.WorkdirBusyError) as e:
-            workdir.WorkdirLock(tmp_path).acquire()
+        with pytest.raises(workdir_lock.WorkdirBusyError) as e:
+            workdir_lock.WorkdirLock(tmp_path).acquire()
         msg = str(e.value)
         assert f"pid {holder.pid}" in msg and socket.gethostname() in msg and "\n" not in msg
     finally:
@@ -33,19 +33,19 @@ def test_second_launch_on_a_busy_workdir_fails_naming_the_owner(tmp_path):
 def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, capsys):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()
-    (tmp_path / workdir.LOCK_FILE).write_text(json.dumps(
+    (tmp_path / workdir_lock.LOCK_FILE).write_text(json.dumps(
         {"job": f"pid:{socket.gethostname()}:{dead}", "pid": int(dead),
          "host": socket.gethostname(), "since": "earlier"}))
-    lock = workdir.WorkdirLock(tmp_path).acquire()
+    lock = workdir_lock.WorkdirLock(tmp_path).acquire()
     assert "stale lock" in capsys.readouterr().out
-    assert json.loads((tmp_path / workdir.LOCK_FILE).read_text())["pid"] == os.getpid()
+    assert json.loads((tmp_path / workdir_lock.LOCK_FILE).read_text())["pid"] == os.getpid()
     lock.release()
-    assert not (tmp_path / workdir.LOCK_FILE).exists()
+    assert not (tmp_path / workdir_lock.LOCK_FILE).exists()
 
 
 def test_the_same_process_may_take_its_own_lock_again(tmp_path):
-    a = workdir.WorkdirLock(tmp_path).acquire()
-    workdir.WorkdirLock(tmp_path).acquire()
+    a = workdir_lock.WorkdirLock(tmp_path).acquire()
+    workdir_lock.WorkdirLock(tmp_path).acquire()
     a.release()
 
 
@@ -110,8 +110,8 @@ def test_unwritable_workdir_is_one_line(tmp_path):
 
 
 def test_lock_file_records_owner(tmp_path):
-    lock = workdir.WorkdirLock(tmp_path).acquire()
-    owner = json.loads((tmp_path / workdir.LOCK_FILE).read_text())
+    lock = workdir_lock.WorkdirLock(tmp_path).acquire()
+    owner = json.loads((tmp_path / workdir_lock.LOCK_FILE).read_text())
     assert owner["pid"] == os.getpid() and owner["host"] == socket.gethostname()
     assert time.strptime(owner["since"], "%Y-%m-%d %H:%M:%S")
     lock.release()
@@ -132,12 +132,12 @@ def test_lock_appears_with_its_owner_record(tmp_path, monkeypatch, hard_links):
         return real_link(src, dst)
 
     monkeypatch.setattr(os, "link", link)
-    lock = workdir.WorkdirLock(tmp_path).acquire()
-    assert json.loads((tmp_path / workdir.LOCK_FILE).read_text())["pid"] == os.getpid()
+    lock = workdir_lock.WorkdirLock(tmp_path).acquire()
+    assert json.loads((tmp_path / workdir_lock.LOCK_FILE).read_text())["pid"] == os.getpid()
     assert [o["pid"] for o in seen] == ([os.getpid()] if hard_links else [])
-    assert sorted(p.name for p in tmp_path.iterdir()) == [workdir.LOCK_FILE]
-    with pytest.raises(workdir.WorkdirBusyError):  # another job meets it at once
-        other = workdir.WorkdirLock(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [workdir_lock.LOCK_FILE]
+    with pytest.raises(workdir_lock.WorkdirBusyError):  # another job meets it at once
+        other = workdir_lock.WorkdirLock(tmp_path)
         other.owner = {**other.owner, "job": "job:elsewhere", "host": "elsewhere"}
         other.acquire()
     lock.release()

@@ -16,7 +16,8 @@ from jkt.data.batches import (
     train_batches,
 )
 from jkt.data.folder import load_folder
-from jkt.data.sources import SOURCES, load, load_config
+from jkt.data.pipeline import load_config
+from jkt.data.sources import SOURCES, load
 from jkt.data.splits import (
     channel_stats,
     split_off,

@@ -31,6 +31,9 @@ def split_classes(ds: Dataset, classes) -> Dataset:
     """The examples of ``classes`` only (every split), labels remapped to ``0..k-1`` in
     the given order; mean/std recomputed on the new training split."""
     ids = class_ids(ds, classes)
+    if not isinstance(ds.train, Split):
+        raise ValueError("class subsets (source/target classes) read the dataset resident: "
+                         "use data.pipeline=resident (--pipeline resident)")
     lut = np.full(ds.num_classes, -1, np.int32)
     lut[ids] = np.arange(len(ids), dtype=np.int32)
 

@@ -72,6 +72,9 @@ def load(
         )
         if test is None:
             train, test = splits.split_off_test(train, test_fraction)
+    elif name in tfds_source.STREAM_ONLY_TFDS:
+        raise ValueError(f"{name} is read only streamed: pass --pipeline stream "
+                         "(data.pipeline=stream)")
     else:
         raise ValueError(f"unknown data source {name!r}; valid names: {', '.join(SOURCES)}")
     if validation not in VALIDATION_POLICIES:
@@ -93,8 +96,9 @@ def load(
     )
 
 
-def load_config(cfg: DataConfig) -> Dataset:
-    """:func:`load` with the arguments of a :class:`DataConfig`."""
+def load_resident(cfg: DataConfig) -> Dataset:
+    """:func:`load` with the arguments of a :class:`DataConfig` (every split in host
+    memory; :func:`jkt.data.load_config` chooses by ``cfg.pipeline``)."""
     return load(cfg.name, image_size=cfg.image_size, val_fraction=cfg.val_fraction,
                 data_dir=cfg.data_dir, cache_dir=cfg.cache_dir, validation=cfg.validation,
                 resize=cfg.resize)

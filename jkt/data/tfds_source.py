@@ -27,6 +27,8 @@ from jkt.data import cache as cache_lib
 from jkt.data.types import DatasetNotFoundError, Split
 
 TFDS_NAMES = ("cifar10", "cifar100")
+STREAM_ONLY_TFDS = ("imagenet2012",)
+"""tfds datasets read only streamed (too large to decode whole: :mod:`jkt.data.pipeline`)."""
 READ_CHUNK = 4096  # records per __getitems__ call
 _CACHE_KEYS = ("train_images", "train_labels", "test_images", "test_labels", "class_names")
 

@@ -12,6 +12,10 @@ from jkt.ranges import check_int, check_number
 VALIDATION_POLICIES = ("held_out", "unused", "none")
 AUGMENTATIONS = ("none", "crop", "crop+flip")
 RESIZE_POLICIES = ("stretch", "crop")
+PIPELINES = ("resident", "stream", "auto")
+AUTO_STREAM_FRACTION = 0.5
+"""``pipeline="auto"`` streams when the decoded train split would need more than this
+fraction of the host memory available."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +41,19 @@ class DataConfig:
         aspect ratio not kept) or ``"crop"`` (shorter side to ``image_size``, then the
         central square).
       cache_dir: cache of decoded arrays (``None``: ``$JKT_CACHE`` or ``~/.cache/jkt``).
+      pipeline: how training and evaluation read the images (the batches, and so the
+        numbers, are the same either way). ``"resident"``: decoded once into host memory
+        (:func:`jkt.data.load`). ``"stream"``: each batch read and decoded when it is due
+        (:mod:`jkt.data.stream`), for datasets too large to decode whole; reads a local
+        ``folder:`` (not an archive) or a tfds name (also ``imagenet2012``, which only
+        streams); mean/std over a fixed sample of the train split
+        (:func:`jkt.data.pipeline.sample_stats`). ``"auto"``: ``"stream"`` when the
+        decoded train split would exceed a budget of the host memory, i.e. when
+        ``jkt.resources.decode_bytes(N, image_size)`` (``N``: the train split's images,
+        counted from the folder listing or the tfds records, nothing decoded) exceeds
+        :data:`AUTO_STREAM_FRACTION` (50 %) of ``jkt.resources.host_memory_available()``,
+        and for a dataset that only streams; else ``"resident"`` (always for ``digits``,
+        archives and URIs, which cannot stream).
     """
 
     name: str = "digits"
@@ -47,6 +64,7 @@ class DataConfig:
     augment: Literal["none", "crop", "crop+flip"] = "crop+flip"
     resize: Literal["stretch", "crop"] = "stretch"
     cache_dir: str | None = None
+    pipeline: Literal["resident", "stream", "auto"] = "resident"
 
     def __post_init__(self):
         if not self.name:
@@ -55,7 +73,7 @@ class DataConfig:
         check_int("data.image_size", self.image_size)
         check_number("data.val_fraction", self.val_fraction, 0, 1, high_open=True)
         for field, valid in (("validation", VALIDATION_POLICIES), ("augment", AUGMENTATIONS),
-                             ("resize", RESIZE_POLICIES)):
+                             ("resize", RESIZE_POLICIES), ("pipeline", PIPELINES)):
             if getattr(self, field) not in valid:
                 raise ValueError(f"data.{field} must be one of {', '.join(valid)}; got "
                                  f"{getattr(self, field)!r}")
@@ -108,14 +126,15 @@ class Dataset:
       name: the source name it was loaded from (e.g. ``"cifar100"``).
       train, val, test: disjoint splits (``val`` is carved out of the original train set,
         or empty when the whole train split is training data: see
-        :attr:`DataConfig.validation`).
+        :attr:`DataConfig.validation`); in-memory :class:`Split` s, or record sources
+        (:mod:`jkt.data.records`) read when due with ``DataConfig.pipeline="stream"``.
       class_names: one name per label id.
       mean, std: per-channel statistics of ``train`` images scaled to ``[0, 1]``, for
         :func:`jkt.data.normalize`.
     """
 
     name: str
-    train: Split
+    train: Split  # or a record source (streamed)
     val: Split
     test: Split
     class_names: tuple[str, ...]
@@ -134,4 +153,6 @@ class Dataset:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """``(H, W, 3)`` of every image."""
-        return tuple(int(d) for d in self.train.images.shape[1:])
+        if isinstance(self.train, Split):
+            return tuple(int(d) for d in self.train.images.shape[1:])
+        return tuple(int(d) for d in self.train.image_shape)

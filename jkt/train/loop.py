@@ -12,6 +12,7 @@ runs resume each other's checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ import numpy as np
 from jkt import parallel, paths
 from jkt.checkpoint import TrainCheckpointer, latest_saved_step
 from jkt.data.batches import BatchStream, eval_batches, make_batch
+from jkt.data.stream import StreamOptions, streamed_batches, streamed_eval_batches
 from jkt.data.transforms import augmentation_name
 from jkt.data.types import Split
 from jkt.models import create as create_model
@@ -111,6 +113,7 @@ def train_and_evaluate(
     mode: str = "unroll",
     steps: StepCache | None = None,
     stop: Callable[[], bool] | None = None,
+    stream_options: StreamOptions | None = None,
 ) -> list[RunResult]:
     """Trains one run per config on ``train`` and reports accuracy on each of
     ``eval_splits``; returns one :class:`RunResult` per run.
@@ -122,9 +125,12 @@ def train_and_evaluate(
     Args:
       cfgs: one per run; all fields but ``objective`` must be equal, and the objectives
         may differ only in their weights (and, with ``mode="unroll"``, estimators).
-      train: training images/labels (e.g. an n-per-class subset).
+      train: training images/labels (e.g. an n-per-class subset): an in-memory
+        :class:`Split` (resident), or a record source (:mod:`jkt.data.records`) whose
+        batches are read and decoded when due (:func:`jkt.data.stream.streamed_batches`:
+        the same batches, so the same numbers; resumed at the checkpoint's step).
       eval_splits: name -> split evaluated at the end (e.g. ``{"val": ..., "test": ...}``);
-        empty splits are left out of ``accuracy``.
+        splits or record sources; empty ones are left out of ``accuracy``.
       num_classes: classes of the target head.
       mean, std: normalisation of the student's inputs.
       workdirs, descs: one per run: its directory (checkpoints, ``metrics.jsonl``,
@@ -138,6 +144,8 @@ def train_and_evaluate(
       stop: polled after every step; when it returns true the loop checks the steps so
         far, saves a checkpoint there, waits for it and raises ``KeyboardInterrupt`` (the
         command line's first Ctrl-C).
+      stream_options: how record sources are read (:class:`jkt.data.stream.StreamOptions`;
+        ``None``: its defaults); unused for in-memory splits.
     """
     workdirs = [paths.as_dir(w) for w in workdirs]
     descs = list(descs) if descs is not None else [""] * len(cfgs)
@@ -146,7 +154,8 @@ def train_and_evaluate(
     todo = [i for i, r in enumerate(results) if r is None]
     steps = StepCache() if steps is None else steps
     common = dict(num_classes=num_classes, mean=mean, std=std, teacher=teacher, mesh=mesh,
-                  init_variables=init_variables, mode=mode, steps=steps, stop=stop)
+                  init_variables=init_variables, mode=mode, steps=steps, stop=stop,
+                  stream_options=stream_options)
     # Listed, not opened: a second checkpoint manager on a directory would clean up the
     # temporary directories of a killed save concurrently with the loop's own.
     if len({latest_saved_step(workdirs[i] / CHECKPOINTS) for i in todo}) > 1:
@@ -166,7 +175,7 @@ def train_and_evaluate(
     for w in run_dirs:
         w.mkdir(parents=True, exist_ok=True)
     model = create_model(cfg.model, num_classes, **cfg.model_options)
-    image_shape = tuple(train.images.shape[1:])
+    image_shape = _image_shape(train)
     optimizer = Optimizer.of(cfg.optim)
     # A step that cannot fit in the device's memory is one line now, before any compilation.
     memory.check_step(model, objectives, optimizer, image_shape, cfg.optim.batch_size, mesh,
@@ -192,10 +201,11 @@ def train_and_evaluate(
                                    init_fn=steps.init(model, optimizer, image_shape, mesh))
         states, resumed_from = _restore_or_init(ckpts, run_dirs, state, data_meta, mesh)
         start = resumed_from or 0
+        batches = _train_batches(train, stream, mesh, start, n_steps, stream_options)
         with MetricLog(run_dirs, objectives, [descs[i] for i in todo], total=n_steps,
-                       start=start, epoch=stream.epoch, progress=cfg.progress) as log:
-            for step in range(start, n_steps):
-                batch = make_batch(train, stream.indices(step), mesh)
+                       start=start, epoch=stream.epoch, progress=cfg.progress) as log, \
+                contextlib.closing(batches):
+            for step, batch in zip(range(start, n_steps), batches, strict=True):
                 states, metrics = train_step(states, batch, teacher_vars, rates[step], weights)
                 log.add(step, metrics)
                 done = step + 1
@@ -224,7 +234,8 @@ def train_and_evaluate(
     for r, (i, ckpt) in enumerate(zip(todo, ckpts, strict=True)):
         st = fused.unpack_state(states, r, n_runs)
         variables = {"params": st.params, "batch_stats": st.batch_stats}
-        accuracy = {name: evaluate(eval_step, variables, sp, mesh, cfg.eval_batch_size)
+        accuracy = {name: evaluate(eval_step, variables, sp, mesh, cfg.eval_batch_size,
+                                   stream_options=stream_options)
                     for name, sp in eval_splits.items() if len(sp)}
         results[i] = RunResult(accuracy=accuracy, final_metrics=log.last[r], steps=n_steps,
                                wall_time=time.time() - t0, resumed_from=resumed_from)
@@ -247,6 +258,23 @@ def _check_runs(cfgs, workdirs, descs, mode: str) -> None:
     if mode not in fused.FUSION_MODES:
         raise ValueError(f"unknown fusion mode {mode!r}; valid: {fused.FUSION_MODES}")
     fused.union_objective([c.objective for c in cfgs], mixed_estimators=mode == "unroll")
+
+
+def _image_shape(train) -> tuple[int, ...]:
+    """``(H, W, 3)`` of a split's or a record source's images (none decoded)."""
+    if isinstance(train, Split):
+        return tuple(train.images.shape[1:])
+    return tuple(train.image_shape)
+
+
+def _train_batches(train, stream: BatchStream, mesh, start: int, stop: int,
+                   options: StreamOptions | None):
+    """Batches ``start, ..., stop - 1``: gathered from host memory step by step (a
+    :class:`Split`) or read ahead by Grain workers (a record source)."""
+    if isinstance(train, Split):
+        return (make_batch(train, stream.indices(step), mesh) for step in range(start, stop))
+    return streamed_batches(train, stream, mesh, start_step=start, stop_step=stop,
+                            options=options or StreamOptions())
 
 
 class _OnMesh:
@@ -316,14 +344,18 @@ def _save(ckpts, step: int, states: TrainState, data_meta: dict, force: bool = F
 
 
 def evaluate(eval_fn, variables, split: Split, mesh, batch_size: int, *, sigma: float = 0.0,
-             key: jax.Array | None = None) -> float:
+             key: jax.Array | None = None, stream_options: StreamOptions | None = None
+             ) -> float:
     """Accuracy of ``eval_fn`` (a jitted :func:`jkt.train.step.make_eval_step`) on
-    ``split``, with Gaussian noise of std ``sigma`` on the normalised images."""
+    ``split`` (or a record source, read by ``stream_options``), with Gaussian noise of std
+    ``sigma`` on the normalised images."""
     if len(split) == 0:
         raise ValueError("evaluate: the split is empty (no accuracy to report)")
     key = jax.random.key(0) if key is None else key
+    batches = (eval_batches(split, batch_size, mesh) if isinstance(split, Split) else
+               streamed_eval_batches(split, batch_size, mesh, stream_options or StreamOptions()))
     sums = [eval_fn(variables, batch, jax.random.fold_in(key, i), sigma)
-            for i, batch in enumerate(eval_batches(split, batch_size, mesh))]
+            for i, batch in enumerate(batches)]
     sums = jax.device_get(sums)
     correct, count = sum(int(s["correct"]) for s in sums), sum(int(s["count"]) for s in sums)
     return correct / max(count, 1)
