@@ -25,7 +25,8 @@ FLAGS = (
     *cli.data_flags(),
     cli.Flag("--workdir", "workdir", "output directory (resumed if it exists)"),
     cli.Flag("--teacher", "teacher_artifact", "teacher artifact directory (default: train one)"),
-    cli.Flag("--methods", "methods", "comma list of ce, ce+act, ce+jac, ce+act+jac, act, act+jac"),
+    cli.Flag("--methods", "methods", "comma list of ce, ce+act, ce+jac, ce+act+jac, act, act+jac "
+             "(Table 1) and kd, ce+kd, ce+kd+jac, kd+jac, ce+act_noise, act_noise"),
     cli.Flag("--n-per-class", "n_per_class", "comma list of points per class, e.g. 1,5,10,full"),
     cli.Flag("--seeds", "seeds", "comma list of seeds, e.g. 0,1,2"),
     cli.Flag("--estimator", "estimator", "label | top | random | rademacher | sphere | jvp | full"),
@@ -33,6 +34,12 @@ FLAGS = (
              "Jacobian estimator of the act+jac row (no labels; default top)"),
     cli.Flag("--normalize", "normalize", "match Jacobians in the eq.-10 normalised form",
              const=True),
+    cli.Flag("--temperature", "temperature", "T of the soft-target rows (kd, kd+jac, ...)"),
+    cli.Flag("--noise-sigma", "noise_sigma", "input-noise std of the act_noise rows (and of "
+             "the analytic Jacobian rows with --jacobian-as-noise)"),
+    cli.Flag("--noise-draws", "noise_draws", "noisy copies of each batch per step"),
+    cli.Flag("--jacobian-as-noise", "jacobian_as_noise", "Jacobian rows in prop. 1's form for "
+             "noise --noise-sigma: weight sigma^2 on all outputs", const=True),
     cli.Flag("--student", "student", "student architecture (vgg4, vgg9, resnet34)"),
     cli.Flag("--width-multiplier", ("student_options.width_multiplier",
                                     "teacher_options.width_multiplier"),

@@ -279,6 +279,36 @@ def select_cotangent(
     raise ValueError(f"select_cotangent: unknown mode {mode!r}; valid modes: {COTANGENT_MODES}")
 
 
+def softmax_derivative(logits: jax.Array, temperature: float = 1.0, *,
+                       log: bool = False) -> jax.Array:
+    """``(B, K, K)`` derivatives of the tempered softmax with respect to the tempered
+    logits ``u = z/T``: ``D[b, i, j] = ∂p_i/∂u_j = p_i (δ_ij - p_j)`` or, with ``log``,
+    ``∂ log p_i/∂u_j = δ_ij - p_j``, for ``p = softmax(z/T)`` (no gradient is stopped).
+
+    The input-gradient rows of the softmax outputs are then pullbacks of the *logits*:
+    ``∇_x p_i = (1/T) Σ_j D_ij ∇_x z_j``, i.e. the cotangent ``Dᵀv / T`` on the logits for
+    the rows ``Σ_i v_i ∇_x p_i`` (as :func:`jkt.train.objective.softmax_jacobian_terms`
+    takes them). That is exactly the pullback of the cotangent ``v`` through the softmax
+    (the chain rule), without a softmax output in the differentiated function, and it
+    gives ``∇_x log p_i`` directly instead of dividing ``∇_x p_i`` by a ``p_i`` that may
+    underflow.
+
+    Args:
+      logits: ``(B, K)``.
+      temperature: ``T > 0``.
+      log: derivatives of ``log p`` instead of ``p``.
+    Returns:
+      ``(B, K, K)`` in ``logits.dtype``.
+    """
+    if logits.ndim != 2:
+        raise ValueError(f"softmax_derivative: expected logits (B, K), got {tuple(logits.shape)}")
+    p = jax.nn.softmax(logits / temperature, axis=-1)
+    eye = jnp.eye(logits.shape[1], dtype=p.dtype)
+    if log:
+        return eye[None] - p[:, None, :]
+    return p[:, :, None] * (eye[None] - p[:, None, :])
+
+
 def _sphere(key: jax.Array, b: int, k: int) -> jax.Array:
     """``(B, K)`` rows uniform on the sphere of radius ``√K`` (normalised in float32)."""
     g = jax.random.normal(key, (b, k), jnp.float32)

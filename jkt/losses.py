@@ -105,6 +105,68 @@ def jacobian_norm(jac: jax.Array) -> jax.Array:
     return _sum_non_batch(jnp.square(jac))
 
 
+def soft_target_kl(student_logits: jax.Array, teacher_logits: jax.Array,
+                   temperature: float = 1.0) -> jax.Array:
+    """Soft-target distillation (Hinton et al., 2015): ``T² · KL(p_T ‖ q_T)``.
+
+    ``T² Σ_i p_T^i (log p_T^i - log q_T^i)`` with ``p_T = softmax(t/T)`` (teacher) and
+    ``q_T = softmax(s/T)`` (student). The ``T²`` is the usual scaling that keeps the
+    gradients' size independent of ``T`` (they scale as ``1/T²`` otherwise). KL and the soft
+    cross-entropy ``-T² Σ_i p_T^i log q_T^i`` (:func:`soft_target_cross_entropy`) differ by
+    ``T²`` times the teacher's entropy, a constant for the student: same gradients; the
+    KL is 0 for a student that equals the teacher. Computed from log-softmaxes (no
+    ``log 0``: an output the teacher gives probability 0 contributes 0).
+
+    Args:
+      student_logits, teacher_logits: ``(B, K)``.
+      temperature: ``T > 0``.
+    Returns:
+      ``(B,)``.
+    """
+    _check_same_shape("soft_target_kl", student_logits, teacher_logits)
+    log_p = jax.nn.log_softmax(teacher_logits / temperature, axis=-1)
+    log_q = jax.nn.log_softmax(student_logits / temperature, axis=-1)
+    kl = jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
+    return (temperature * temperature) * kl
+
+
+def soft_target_cross_entropy(student_logits: jax.Array, teacher_logits: jax.Array,
+                              temperature: float = 1.0) -> jax.Array:
+    """Soft-target cross-entropy ``-T² Σ_i p_T^i log q_T^i`` (eq. 2's left side for
+    ``T = 1``): :func:`soft_target_kl` plus ``T²`` times the teacher's entropy.
+
+    Args:
+      student_logits, teacher_logits: ``(B, K)``.
+      temperature: ``T > 0``.
+    Returns:
+      ``(B,)``.
+    """
+    _check_same_shape("soft_target_cross_entropy", student_logits, teacher_logits)
+    p = jax.nn.softmax(teacher_logits / temperature, axis=-1)
+    log_q = jax.nn.log_softmax(student_logits / temperature, axis=-1)
+    return -(temperature * temperature) * jnp.sum(p * log_q, axis=-1)
+
+
+def kd_jacobian(teacher_prob_jac: jax.Array, student_log_prob_jac: jax.Array) -> jax.Array:
+    """Eq. 2's Jacobian term from log-probability rows: ``-Σ_i ∇_x T_s^iᵀ ∇_x log S_s^i``.
+
+    The same quantity as :func:`ce_noise_cross_term` (``∇ log S^i = ∇S^i / S^i``), from the
+    rows of ``log S_s`` instead of ``S_s`` and ``S_s``: no division by a probability that
+    may be (or underflow to) zero. Not a distance: it is unbounded below (it rewards
+    aligning the student's log-probability gradients with the teacher's probability
+    gradients, at any scale) and 0 when either network is locally constant.
+
+    Args:
+      teacher_prob_jac: ``(B, ...)`` input gradients of the teacher's softmax outputs
+        (e.g. ``(B, K, *D)`` all rows, or ``(B, *D)`` one estimator row).
+      student_log_prob_jac: the same rows of the student's log-softmax outputs.
+    Returns:
+      ``(B,)``.
+    """
+    _check_same_shape("kd_jacobian", student_log_prob_jac, teacher_prob_jac)
+    return -_sum_non_batch(teacher_prob_jac * student_log_prob_jac)
+
+
 def ce_noise_penalty(student_prob_jac: jax.Array, student_probs: jax.Array,
                      targets: jax.Array) -> jax.Array:
     """Eq. 3 regulariser: ``Σ_i y_i ‖∇_x S_s^i‖² / (S_s^i)²`` (= ``Σ_i y_i ‖∇_x log S_s^i‖²``).

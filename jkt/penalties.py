@@ -79,20 +79,26 @@ def _one_row(mode: str) -> Callable:
 
     def rows_of(ref_logits, labels, key, x):
         v = jj.select_cotangent(ref_logits, mode, labels=labels, key=key)
-        return lambda net: net.pull(v)
+        return lambda net, m=None: net.pull(v if m is None else _map(m, v, "bij,bi->bj"))
 
     return rows_of
+
+
+def _map(m, rows, spec):
+    """``rows(net, m)``: rows of ``m J``, ``m = ∂g/∂z`` (B, K, K) of an output map ``g``."""
+    return rows if m is None else jnp.einsum(spec, m, rows)
 
 
 def _forward_row(ref_logits, labels, key, x):
     """One forward-mode pass with the input-space probe ``u ~ N(0, I_D)``: ``J u`` (B, K)."""
     u = jj.input_tangent(key, x)
-    return lambda net: jj.jvp_input(net.logits_fn, x, u)[1]
+    return lambda net, m=None: _map(m, jj.jvp_input(net.logits_fn, x, u)[1], "bij,bj->bi")
 
 
 def _all_rows(ref_logits, labels, key, x):
     """K reverse passes: the full Jacobian ``(B, K, *D)``."""
-    return lambda net: jj.jacobian_rows(net.pull, net.logits)
+    return lambda net, m=None: _map(m, jj.jacobian_rows(net.pull, net.logits),
+                                    "bij,bj...->bi...")
 
 
 ESTIMATOR_ROWS: dict[str, Callable] = {

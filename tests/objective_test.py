@@ -27,7 +27,7 @@ from jkt import jacobian as jj
 from jkt import losses, parallel
 from jkt.data.batches import make_batch
 from jkt.train.methods import METHODS, method_objective
-from jkt.train.objective import ESTIMATORS, Objective, compose_losses
+from jkt.train.objective import ESTIMATORS, TERMS, Objective, compose_losses
 from jkt.train.state import create_train_state
 
 # ---------------------------------------------------------------------------------------
@@ -70,8 +70,7 @@ def test_objective_composes_and_total_loss_decreases(name, fixed_batch, teacher)
         state, metrics = step(state, batch, tv)
         history.append(host(metrics))
     chex.assert_tree_all_finite(history)
-    active = {t for t in ("ce", "act", "jac", "jac_norm", "att", "att_jac")
-              if getattr(objective, t) > 0}
+    active = {t for t in TERMS if getattr(objective, t) > 0}
     expected_keys = {"loss", "accuracy", *active} | ({"agreement"} if tv is not None else set())
     assert set(history[0]) == expected_keys
     for m in history:  # the total is the weighted sum of the logged terms

@@ -1,4 +1,5 @@
-"""Presets of ``python -m experiments.distill`` (paper Table 1).
+"""Presets of ``python -m experiments.distill`` (paper Table 1, and §4's Claim: ``kd*``,
+``claim``).
 
 ``get_config(name)`` returns a :class:`jkt.grids.distill.DistillConfig`; any field can then
 be overridden on the command line (``--config.optim.learning_rate=3e-3``). Each preset's
@@ -86,7 +87,65 @@ def cifar10() -> DistillConfig:
     )
 
 
-PRESETS = {"quick": quick, "paper": paper, "cifar10": cifar10}
+# Squared-error and soft-target distillation, each with and without Jacobians (§6.1: "We
+# found that squared loss worked much better than the cross-entropy loss for distillation
+# and it was much easier to tune."): with and without cross-entropy.
+KD_METHODS = ("ce", "ce+act", "ce+act+jac", "ce+kd", "ce+kd+jac", "act", "act+jac", "kd",
+              "kd+jac")
+# The Claim (§3, prop. 1): Jacobian matching at weight σ² on all outputs, beside its
+# stochastic counterpart, activation matching on inputs with Gaussian noise of std σ.
+CLAIM_METHODS = ("ce+act", "ce+act+jac", "ce+act_noise", "act", "act+jac", "act_noise")
+
+
+def kd() -> DistillConfig:
+    """Soft targets vs squared error, quick (digits, as ``quick``): 9 methods (CE; CE +
+    activations; CE + activations + Jacobians; CE + soft targets (KD, T = 4); CE + soft
+    targets + eq. 2's Jacobian term; the same four without CE) × n ∈ {5, 20} × 2 seeds.
+
+        python -m experiments.distill --preset kd
+    """
+    return dataclasses.replace(quick(), workdir="runs/distill_kd", methods=KD_METHODS,
+                               n_per_class=(5, 20))
+
+
+def kd_cifar10() -> DistillConfig:
+    """Soft targets vs squared error on the CIFAR-10 JPEGs (the ``cifar10`` preset's
+    recipe and sizes), 9 methods.
+
+        python -m experiments.distill --preset kd-cifar10
+    """
+    return dataclasses.replace(cifar10(), workdir="runs/distill_kd_cifar10",
+                               methods=KD_METHODS)
+
+
+def kd_paper() -> DistillConfig:
+    """Soft targets vs squared error at the paper's size: Table 1's protocol (CIFAR-100,
+    VGG-9 -> VGG-4, app. 10.2-10.3), 9 methods, compared with the paper's rows where it has
+    them.
+
+        python -m experiments.distill --preset kd-paper --data-dir DIR
+    """
+    return dataclasses.replace(paper(), workdir="runs/distill_kd_paper", methods=KD_METHODS,
+                               compare_to_paper=False)
+
+
+def claim() -> DistillConfig:
+    """The Claim measured (quick, digits as ``quick``): Jacobian matching in prop. 1's
+    analytic form for input noise σ = 0.1 (weight σ² on all 10 outputs) beside activation
+    matching on noisy inputs (one draw of σ = 0.1 per example and step), with and without
+    CE, and plain activation matching; n ∈ {5, 20} × 2 seeds, each run trained alone
+    (fusion off) so that wall times compare. results.md adds wall time and the final
+    matched losses.
+
+        python -m experiments.distill --preset claim
+    """
+    return dataclasses.replace(quick(), workdir="runs/distill_claim", methods=CLAIM_METHODS,
+                               n_per_class=(5, 20), noise_sigma=0.1, jacobian_as_noise=True,
+                               fusion="off")
+
+
+PRESETS = {"quick": quick, "paper": paper, "cifar10": cifar10, "kd": kd,
+           "kd-cifar10": kd_cifar10, "kd-paper": kd_paper, "claim": claim}
 
 
 def get_config(name: str | None = None) -> DistillConfig:

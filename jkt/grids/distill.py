@@ -32,6 +32,7 @@ from jkt.grids.validate import (
     describe_subsets,
     start,
 )
+from jkt.ranges import check_int, check_number
 from jkt.report import distill as report
 from jkt.report import tables
 from jkt.train import (
@@ -77,6 +78,12 @@ class DistillConfig:
         magnitude" (``top``, the teacher's largest logit). ``"label"`` makes them use the
         true labels like the other rows.
       normalize: match Jacobians in the eq.-10 normalised form.
+      temperature: ``T`` of the soft-target rows (``kd``, eq. 2's ``kd_jac``).
+      noise_sigma, noise_draws: ``σ`` (normalised-input units) and draws per step of the
+        noisy-input rows (``act_noise``).
+      jacobian_as_noise: the Jacobian-matching rows take prop. 1's analytic form of input
+        noise ``σ = noise_sigma``: weight ``σ²`` on the full Jacobian (all K outputs, not
+        normalised), the exact counterpart of the ``act_noise`` rows (the ``claim`` preset).
       checkpoint_every / log_every: steps between a run's checkpoints / metric lines.
       fusion: ``"unroll"`` or ``"vmap"`` trains the methods of one (n, seed) cell that
         need the same passes in one jitted step (``jkt.train.fused``: shared batches and
@@ -114,6 +121,10 @@ class DistillConfig:
     estimator: str = "label"
     label_free_estimator: str = "top"
     normalize: bool = False
+    temperature: float = 4.0
+    noise_sigma: float = 0.1
+    noise_draws: int = 1
+    jacobian_as_noise: bool = False
     checkpoint_every: int = 1000
     log_every: int = 50
     fusion: Literal["unroll", "vmap", "off"] = "unroll"
@@ -133,6 +144,9 @@ class DistillConfig:
                 raise ValueError(f"unknown {field} {getattr(self, field)!r}; valid: "
                                  f"{', '.join(ESTIMATORS)}")
         check_steps(self, ("max_steps", "teacher_max_steps", "checkpoint_every", "log_every"))
+        check_number("temperature", self.temperature, 0, low_open=True)
+        check_number("noise_sigma", self.noise_sigma, 0)
+        check_int("noise_draws", self.noise_draws)
 
 
 # ---------------------------------------------------------------------------------------
@@ -155,13 +169,24 @@ def load_teacher(cfg: DistillConfig, ds: data.Dataset, workdir: Path, mesh, stop
 
 def objectives(cfg: DistillConfig) -> dict[str, Objective]:
     """Each method's objective: Jacobians of the rows without cross-entropy use
-    ``cfg.label_free_estimator`` (§4.1), all others ``cfg.estimator``."""
-    def estimator(m):
-        label_free = METHODS[m].ce == 0 and METHODS[m].jac > 0
-        return cfg.label_free_estimator if label_free else cfg.estimator
+    ``cfg.label_free_estimator`` (§4.1), all others ``cfg.estimator``; soft-target and
+    noisy-input rows take the grid's temperature and noise; with
+    ``cfg.jacobian_as_noise`` the Jacobian rows are prop. 1's analytic form of that
+    noise."""
+    def objective(m: str) -> Objective:
+        base = METHODS[m]
+        label_free = base.ce == 0 and (base.jac > 0 or base.kd_jac > 0)
+        over = {"normalize": cfg.normalize,
+                "estimator": cfg.label_free_estimator if label_free else cfg.estimator}
+        if base.kd > 0 or base.kd_jac > 0:
+            over["temperature"] = cfg.temperature
+        if base.act_noise > 0 or base.ce_noise > 0:
+            over.update(noise_sigma=cfg.noise_sigma, noise_draws=cfg.noise_draws)
+        if cfg.jacobian_as_noise and base.jac > 0:
+            over.update(jac=cfg.noise_sigma ** 2, estimator="full", normalize=False)
+        return method_objective(m, **over)
 
-    return {m: method_objective(m, normalize=cfg.normalize, estimator=estimator(m))
-            for m in cfg.methods}
+    return {m: objective(m) for m in cfg.methods}
 
 
 def method_groups(cfg: DistillConfig, objectives: dict) -> list[list[str]]:

@@ -42,16 +42,23 @@ def teacher_fingerprint(teacher) -> str:
 
 
 def unused_fields(objective: Objective, prefix: str = "train.objective") -> tuple[str, ...]:
-    """Dotted record fields a run with ``objective`` does not depend on: the Jacobian
-    options without a Jacobian term, the attention options without attention terms, and
-    the teacher (``teacher``, ``inputs.teacher``) when no term uses it."""
+    """Dotted record fields a run with ``objective`` does not depend on: the options of
+    the terms it does not weight (Jacobian estimator, attention pairs, temperature,
+    noise, ...), and the teacher (``teacher``, ``inputs.teacher``) when no term uses
+    it."""
     o, unused = objective, []
-    if o.jac == 0 and o.jac_norm == 0:
+    if o.jac == 0 and o.jac_norm == 0 and o.kd_jac == 0:
         unused += ["estimator", "normalize"]
+    if o.jac_norm == 0:
+        unused += ["jac_norm_form"]
     if o.att == 0:
         unused += ["att_pairs", "att_variant"]
     if o.att_jac == 0:
         unused += ["att_jac_pair", "pool_fraction"]
+    if o.kd == 0 and o.kd_jac == 0:
+        unused += ["temperature"]
+    if o.act_noise == 0 and o.ce_noise == 0:
+        unused += ["noise_sigma", "noise_draws"]
     out = [f"{prefix}.{f}" for f in unused]
     if not o.needs_teacher:
         out += ["teacher", f"{INPUTS}.teacher"]

@@ -4,9 +4,10 @@ The runs of one Table-1 cell (same data subset, same seed, different loss weight
 the same batches, the same augmentation and the same estimator probes; only their
 students and weights differ. The train step (:func:`jkt.train.step.make_train_step`)
 updates them together: states stacked on a leading *run* axis (:func:`pack_states`), a
-``(R, len(TERMS))`` weight matrix (:func:`weight_matrix`), and everything that does not
-depend on the student (augmentation, the teacher's passes and Jacobians, the attention
-arg-max pixel) computed once per step instead of once per run.
+weight matrix with a column per term (:func:`weight_matrix`, columns :func:`weight_terms`),
+and everything that does not depend on the student (augmentation, the teacher's passes
+and Jacobians, the attention arg-max pixel, the input noise) computed once per step
+instead of once per run.
 
 Terms are computed for the union of the runs' active terms (:func:`union_objective`); a
 run with weight 0 on a term gets no gradient from it but pays for computing it, so runs
@@ -22,12 +23,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jkt.train.objective import TERMS, Objective
+from jkt.train.objective import ADDED_TERMS, PAPER_TERMS, TERMS, Objective
 from jkt.train.state import TrainState
 
 FUSION_MODES = ("unroll", "vmap")
 _STRUCTURE = ("estimator", "normalize", "att_pairs", "att_variant", "att_jac_pair",
-              "pool_fraction")
+              "pool_fraction", "temperature", "jac_norm_form", "noise_sigma", "noise_draws")
 
 
 def union_objective(objectives: Sequence[Objective], *, mixed_estimators: bool = False
@@ -61,16 +62,33 @@ def structure(objective: Objective) -> Objective:
     return union_objective([objective])
 
 
+def weight_terms(objectives: Sequence[Objective]) -> tuple[str, ...]:
+    """The columns of :func:`weight_matrix`: the paper's six terms (``PAPER_TERMS``), then
+    each later term (``ADDED_TERMS``: ``kd``, ``kd_jac``, ``act_noise``, ``ce_noise``) that
+    some run weights. A step of the paper's methods thus takes the ``(R, 6)`` matrix it
+    always took (the same program as before those terms existed)."""
+    return PAPER_TERMS + tuple(t for t in ADDED_TERMS
+                               if any(getattr(o, t) > 0 for o in objectives))
+
+
 def weight_matrix(objectives: Sequence[Objective]) -> np.ndarray:
-    """``(R, len(TERMS))`` float32 weights, one row per run, columns in ``TERMS`` order."""
-    return np.array([[getattr(o, t) for t in TERMS] for o in objectives], np.float32)
+    """``(R, len(weight_terms(objectives)))`` float32 weights, one row per run, columns in
+    :func:`weight_terms` order."""
+    columns = weight_terms(objectives)
+    return np.array([[getattr(o, t) for t in columns] for o in objectives], np.float32)
 
 
-def passes(objective: Objective) -> tuple[bool, bool]:
+def passes(objective: Objective) -> tuple[bool, bool, bool, int]:
     """What a step of ``objective`` costs beyond the student's forward/backward pass:
-    ``(teacher forward, Jacobian passes)``."""
+    ``(teacher forward, Jacobian passes of the logits or attention maps, Jacobian passes
+    of the softmax outputs, noisy forward passes)``. The softmax rows (``kd_jac``, the
+    eq.-3 ``jac_norm``) are pullbacks with other cotangents than the logits' rows: a run
+    of one kind fused with a run of the other would pay for both."""
     o = objective
-    return o.needs_teacher, (o.jac > 0 or o.jac_norm > 0 or o.att_jac > 0)
+    softmax_norm = o.jac_norm > 0 and o.jac_norm_form == "softmax"
+    logit_rows = o.jac > 0 or (o.jac_norm > 0 and not softmax_norm) or o.att_jac > 0
+    return (o.needs_teacher, logit_rows, o.kd_jac > 0 or softmax_norm,
+            o.noise_draws if o.noisy else 0)
 
 
 def fusion_groups(objectives: Sequence[Objective], *, by_passes: bool = True,
@@ -82,7 +100,9 @@ def fusion_groups(objectives: Sequence[Objective], *, by_passes: bool = True,
 
     Table 1's six methods give ``[[ce], [ce+act, act], [ce+jac, ce+act+jac, act+jac]]``
     with one estimator, or with the label-free row's own estimator and
-    ``mixed_estimators``; without ``by_passes``, one group.
+    ``mixed_estimators``; without ``by_passes``, one group. (``kd`` and ``ce+kd`` join
+    ``[ce+act, act]``; ``ce+kd+jac``, ``kd+jac`` and the two noisy rows are groups of
+    their own.)
     """
     shared = _shared_structure(mixed_estimators)
     groups: dict[tuple, list[int]] = {}
@@ -120,4 +140,4 @@ def unpack_state(packed: TrainState, index: int, runs: int) -> TrainState:
 
 
 __all__ = ["FUSION_MODES", "fusion_groups", "pack_states", "passes", "stack_states", "structure",
-           "union_objective", "unpack_state", "unstack_state", "weight_matrix"]
+           "union_objective", "unpack_state", "unstack_state", "weight_matrix", "weight_terms"]

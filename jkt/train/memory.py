@@ -35,7 +35,8 @@ through (double backprop): twice :data:`CE_FACTOR`. The ``full`` estimator takes
 pullback per output: ``CE_FACTOR * (1 + K)`` for ``K`` outputs."""
 TEACHER_FACTOR = 1
 """The frozen teacher's forward pass (no gradient); +1 per Jacobian row it provides
-(``jac`` with a reverse-mode estimator, ``att_jac``), +K for the ``full`` estimator."""
+(``jac`` or ``kd_jac`` with a reverse-mode estimator, ``att_jac``), +K for the ``full``
+estimator, +1 per noisy forward pass (``act_noise``)."""
 EVAL_FACTOR = 2
 """Inference: the input and the output of the largest layer, per example of the
 evaluation batch (XLA frees each intermediate once it is used)."""
@@ -153,18 +154,36 @@ def model_profile(model, image_shape: Sequence[int], optimizer=None, variables=N
 
 def student_factor(objective, outputs: int) -> int:
     """The activation factor of one run of ``objective`` (:data:`CE_FACTOR`,
-    :data:`JACOBIAN_FACTOR`, ``CE_FACTOR * (1 + K)`` for ``full`` Jacobian rows)."""
+    :data:`JACOBIAN_FACTOR`, ``CE_FACTOR * (1 + K)`` for ``full`` Jacobian rows), plus
+    :data:`CE_FACTOR` per noisy pass (``noise_draws`` with ``act_noise`` / ``ce_noise``).
+
+    The softmax-output rows (``kd_jac``, ``jac_norm_form="softmax"``) are pullbacks of the
+    logits like the logits' rows: alone they cost what ``jac`` costs (``K`` rows for
+    ``kd_jac`` with ``full``; the softmax-form ``jac_norm`` takes one row for every
+    estimator); beside logit rows, one pullback more (none with ``full``: the same K rows).
+    """
     o = objective
-    if (o.jac > 0 or o.jac_norm > 0) and o.estimator == "full":
-        return CE_FACTOR * (1 + outputs) + (CE_FACTOR if o.att_jac > 0 else 0)
-    if o.jac > 0 or o.jac_norm > 0 or o.att_jac > 0:
-        return JACOBIAN_FACTOR
-    return CE_FACTOR
+    full = o.estimator == "full"
+    softmax_norm = o.jac_norm > 0 and o.jac_norm_form == "softmax"
+    logit_rows = o.jac > 0 or (o.jac_norm > 0 and not softmax_norm)
+    soft_rows = o.kd_jac > 0 or softmax_norm
+    if logit_rows and full:
+        factor = CE_FACTOR * (1 + outputs) + (CE_FACTOR if o.att_jac > 0 else 0)
+        factor += CE_FACTOR if softmax_norm else 0
+    elif o.kd_jac > 0 and full:
+        factor = CE_FACTOR * (1 + outputs) + (CE_FACTOR if o.att_jac > 0 or softmax_norm
+                                              else 0)
+    elif logit_rows or soft_rows or o.att_jac > 0:
+        factor = JACOBIAN_FACTOR + (CE_FACTOR if logit_rows and soft_rows else 0)
+    else:
+        factor = CE_FACTOR
+    return factor + (CE_FACTOR * o.noise_draws if o.noisy else 0)
 
 
 def teacher_factor(objectives, outputs: int) -> int:
     """The teacher's activation factor for the fused ``objectives``
-    (:data:`TEACHER_FACTOR`); ``0`` when none matches a teacher."""
+    (:data:`TEACHER_FACTOR`, +1 per noisy forward pass of ``act_noise``); ``0`` when none
+    matches a teacher."""
     from jkt import penalties
 
     if not any(o.needs_teacher for o in objectives):
@@ -173,9 +192,14 @@ def teacher_factor(objectives, outputs: int) -> int:
     for estimator in dict.fromkeys(o.estimator for o in objectives if o.jac > 0):
         if penalties.reverse_mode(estimator):
             rows += outputs if estimator == "full" else 1
+    logit_full = any(o.jac > 0 and o.estimator == "full" for o in objectives)
+    for estimator in dict.fromkeys(o.estimator for o in objectives if o.kd_jac > 0):
+        if penalties.reverse_mode(estimator):  # softmax rows: other cotangents
+            rows += (0 if logit_full else outputs) if estimator == "full" else 1
     if any(o.att_jac > 0 for o in objectives):
         rows += 1
-    return TEACHER_FACTOR + rows
+    noisy = max((o.noise_draws for o in objectives if o.act_noise > 0), default=0)
+    return TEACHER_FACTOR + rows + noisy
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """The named methods of the paper's tables, as :class:`~jkt.train.objective.Objective` s.
 
 Table 1 (distillation, §6.1) and Table 3 (transfer learning, §6.3) rows; loss weights of
-appendix 10.2 (every active weight 1; the MIT Scenes runs scale them all by 10).
+appendix 10.2 (every active weight 1; the MIT Scenes runs scale them all by 10). Beside
+Table 1's six (:data:`TABLE1_METHODS`), :data:`METHODS` holds the rows that test §4's
+Claim (named in ``CLAIM_METHODS``: soft targets, eq. 2, noisy inputs).
 """
 
 from __future__ import annotations
@@ -20,6 +22,21 @@ METHODS: dict[str, Objective] = {
     "act+jac": Objective(ce=0, act=1, jac=1),
 }
 TABLE1_METHODS = tuple(METHODS)
+# Rows beyond Table 1 that test §4's Claim: soft-target distillation (Hinton et al., 2015,
+# T = 4) with and without eq. 2's Jacobian term (true-label row, like Table 1's
+# Jacobians), and the noisy-input counterparts of "ce+act+jac" / "act+jac": activation
+# matching on inputs with Gaussian noise of std ``noise_sigma`` (0.1, one draw per step),
+# whose expectation is ``act + σ² · (full-Jacobian matching)`` (prop. 1), i.e. Table 1's
+# rows with the Jacobian weight σ² (and all K outputs instead of the label's).
+METHODS.update({
+    "kd": Objective(ce=0, kd=1),
+    "ce+kd": Objective(ce=1, kd=1),
+    "ce+kd+jac": Objective(ce=1, kd=1, kd_jac=1),
+    "kd+jac": Objective(ce=0, kd=1, kd_jac=1),
+    "ce+act_noise": Objective(ce=1, act_noise=1),
+    "act_noise": Objective(ce=0, act_noise=1),
+})
+CLAIM_METHODS = tuple(m for m in METHODS if m not in TABLE1_METHODS)
 METHOD_LABELS = {
     "ce": "Cross-Entropy (CE) training",
     "ce+act": "CE + match activations",
@@ -27,11 +44,18 @@ METHOD_LABELS = {
     "ce+act+jac": "CE + match {activations + Jacobians}",
     "act": "Match activations only",
     "act+jac": "Match {activations + Jacobians}",
+    "kd": "Match soft targets (KD) only",
+    "ce+kd": "CE + match soft targets (KD)",
+    "ce+kd+jac": "CE + match {soft targets + eq. 2 Jacobians}",
+    "kd+jac": "Match {soft targets + eq. 2 Jacobians}",
+    "ce+act_noise": "CE + match activations on noisy inputs",
+    "act_noise": "Match activations on noisy inputs only",
 }
 
 
 def method_objective(name: str, **overrides) -> Objective:
-    """The :class:`Objective` of a Table-1 method, with field overrides (e.g. ``estimator``)."""
+    """The :class:`Objective` of a method of :data:`METHODS` (Table 1's and the Claim's
+    rows), with field overrides (e.g. ``estimator``, ``temperature``, ``noise_sigma``)."""
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(METHODS)}")
     return dataclasses.replace(METHODS[name], **overrides)

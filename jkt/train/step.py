@@ -8,8 +8,9 @@ the cache of their jitted, sharded forms.
 whose arguments are everything that differs between the runs of a grid: the packed
 states (:func:`jkt.train.fused.pack_states`: one run's state, or ``R`` stacked), the
 batch, the teacher's variables, the step's learning rate (the host evaluates optax's
-schedule, :func:`jkt.train.optim.learning_rates`) and the ``(R, len(TERMS))`` loss
-weights (:func:`jkt.train.fused.weight_matrix`). Everything else, fixed when it is built,
+schedule, :func:`jkt.train.optim.learning_rates`) and the ``(R, len(weight_terms))``
+loss weights (:func:`jkt.train.fused.weight_matrix`, columns
+:func:`jkt.train.fused.weight_terms`). Everything else, fixed when it is built,
 is the program: model, the objectives' structure, optimiser, normalisation,
 augmentation, teacher model, fusion layout. :class:`StepCache` jits it once per such
 program over a mesh (states replicated and donated, batch split over ``"data"``); the
@@ -29,7 +30,7 @@ import optax
 from jkt import parallel
 from jkt.data import transforms
 from jkt.train import fused
-from jkt.train.objective import TERMS, Objective, compose_losses
+from jkt.train.objective import Objective, compose_losses
 from jkt.train.optim import Optimizer
 from jkt.train.state import TrainState, make_init
 
@@ -70,10 +71,11 @@ def make_train_step(
     The step takes ``states`` (:func:`jkt.train.fused.pack_states` of ``R`` runs),
     ``batch`` ``{"image": uint8 (B, H, W, C), "label": int32 (B,)}`` (shared by the runs),
     ``teacher_variables`` (``None`` without a teacher), ``learning_rate`` (float32 scalar)
-    and ``weights`` (float32 ``(R, len(TERMS))``). It returns the new states and metrics,
-    each of shape ``(R,)``: ``loss`` (each run's weighted total), every computed term
-    (unweighted batch means), ``accuracy`` and, with a teacher, ``agreement``.
-    Augmentation and estimator probes come from run 0's key, dropout from each run's
+    and ``weights`` (float32 ``(R, C)``, the columns :func:`jkt.train.fused.weight_terms`
+    of ``objectives``). It returns the new states and metrics, each of shape ``(R,)``:
+    ``loss`` (each run's weighted total), every computed term (unweighted batch means),
+    ``accuracy`` and, with a teacher, ``agreement``. Augmentation, estimator probes and
+    input noise (the noisy terms) come from run 0's key, dropout from each run's
     own: a run of a fused step equals the same run alone when their seeds are equal.
     """
     if mode not in fused.FUSION_MODES:
@@ -82,6 +84,7 @@ def make_train_step(
     if union.needs_teacher and teacher_model is None:
         raise ValueError("an objective matches a teacher, but no teacher model was given")
     per_run = [dataclasses.replace(union, estimator=o.estimator) for o in objectives]
+    columns = fused.weight_terms(objectives)  # of the ``weights`` argument
     runs = len(objectives)
     to_input = input_pipeline(mean, std, augment)
     to_teacher = transforms.renormalizer(mean, std, teacher_mean, teacher_std)
@@ -109,7 +112,7 @@ def make_train_step(
                         updates["batch_stats"]
 
                 return compose_losses(objective, student_fn, teacher_fn, x, batch["label"],
-                                      k_est, weights=dict(zip(TERMS, w, strict=True)))
+                                      k_est, weights=dict(zip(columns, w, strict=True)))
 
             (total, (terms, stats, batch_stats)), grads = jax.value_and_grad(
                 loss_fn, has_aux=True)(state.params)
