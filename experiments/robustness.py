@@ -27,6 +27,8 @@ FLAGS = (
     cli.Flag("--weight-decay", "weight_decay", "ℓ2 baseline γ (0: skip the baseline)"),
     cli.Flag("--dropout", "dropout", "dropout baseline p (0: skip the baseline)"),
     cli.Flag("--estimator", "estimator", "label | top | random | rademacher | sphere | jvp | full"),
+    cli.Flag("--jac-norm-form", "jac_norm_form", "logit (prop. 2, default) | softmax (eq. 3): "
+             "what the lambda rows penalise"),
     cli.Flag("--model", "model", "architecture (vgg4, vgg9, resnet34)"),
     cli.Flag("--width-multiplier", "model_options.width_multiplier", "channel width"),
     cli.Flag("--max-steps", "max_steps", "cap on steps per model"),

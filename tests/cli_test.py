@@ -31,7 +31,7 @@ SAMPLES = {
     "--teacher-batching": "epoch", "--fusion": "vmap",
     "--fusion-groups": "all", "--dtype": "bfloat16", "--no-progress": None,
     "--trust-teacher": None, "--temperature": "2", "--noise-sigma": "0.3",
-    "--jacobian-as-noise": None, "--overwrite": {"bench": None},
+    "--jacobian-as-noise": None, "--jac-norm-form": "softmax", "--overwrite": {"bench": None},
     "--lambdas": "0,2", "--sigmas": "0,0.5", "--noise-draws": "2", "--weight-decay": "0.01",
     "--dropout": "0.5", "--model": "vgg4", "--seed": "3", "--source-classes": "0,1",
     "--target-classes": "5,6", "--att-pairs": "stage1:pool2", "--att-jac-pair": "stage1:pool2",

@@ -36,7 +36,7 @@ from jkt.train import (
     final_variables,
     train_and_evaluate,
 )
-from jkt.train.objective import ESTIMATORS
+from jkt.train.objective import ESTIMATORS, JAC_NORM_FORMS
 from jkt.train.optim import CIFAR_RECIPE, OptimConfig
 from jkt.workdir import is_writer
 
@@ -58,6 +58,10 @@ class RobustnessConfig:
       noise_draws: noise draws per σ (mean ± std reported).
       estimator: Jacobian estimator of the penalty (``label`` default; ``full``,
         ``random``, ``rademacher``, ``jvp`` selectable).
+      jac_norm_form: what the λ rows penalise: ``"logit"`` (default, the paper presets
+        too: ``λ‖∇_x logit_y‖²``, prop. 2's squared-error form on the true-label output)
+        or ``"softmax"`` (eq. 3's cross-entropy form, ``λ‖∇_x log softmax_y‖²`` for one-hot
+        labels); see docs/reproduction.md.
       optim, max_steps, seed: training schedule.
       checkpoint_every / log_every: steps between a run's checkpoints / metric lines.
       progress: show progress bars.
@@ -75,6 +79,7 @@ class RobustnessConfig:
     sigmas: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4)
     noise_draws: int = 5
     estimator: str = "label"
+    jac_norm_form: str = "logit"
     optim: OptimConfig = CIFAR_RECIPE
     max_steps: int | None = None
     seed: int = 0
@@ -97,6 +102,9 @@ class RobustnessConfig:
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"unknown estimator {self.estimator!r}; valid: "
                              f"{', '.join(ESTIMATORS)}")
+        if self.jac_norm_form not in JAC_NORM_FORMS:
+            raise ValueError(f"unknown jac_norm_form {self.jac_norm_form!r}; valid: "
+                             f"{', '.join(JAC_NORM_FORMS)}")
         check_steps(self, ("max_steps", "checkpoint_every", "log_every"))
 
 
@@ -115,7 +123,8 @@ def model_rows(p: RobustnessConfig) -> list[ModelRow]:
     """λ rows, then the ℓ2 and dropout baselines (each skipped at strength 0)."""
     rows = []
     for lam in p.lambdas:
-        obj = Objective(ce=1.0, jac_norm=lam, estimator=p.estimator)
+        obj = Objective(ce=1.0, jac_norm=lam, estimator=p.estimator,
+                        **({"jac_norm_form": p.jac_norm_form} if lam else {}))
         rows.append(ModelRow(f"lambda={lam:g}", f"λ = {lam:g}", obj, dict(p.model_options)))
     if p.weight_decay:
         label = f"ℓ2 regularization (γ = {p.weight_decay:g})"

@@ -10,6 +10,7 @@ from jkt import paths
 from jkt.report import paper, tables
 
 FILES = ("robustness.csv", "robustness.md", "robustness.png")
+_FORMS = {"logit": "λ‖∇ₓ logit_y‖², prop. 2", "softmax": "λ‖∇ₓ log softmax_y‖², eq. 3"}
 
 
 def markdown_rows(rows: list[dict], specs, sigmas: list[float]) -> list[str]:
@@ -50,7 +51,9 @@ def write(rows: list[dict], specs, cfg, workdir: Path) -> str:
     md = (f"# Robustness to Gaussian input noise ({cfg.data.name}, {cfg.model})\n\n"
           f"Test accuracy (%) with noise of std σ added to the normalised images; mean ± std "
           f"over {cfg.noise_draws} draws; best per column in bold. Jacobian-norm estimator: "
-          f"`{cfg.estimator}`.\n\n" + note + "\n".join(markdown_rows(rows, specs, sigmas))
+          f"`{cfg.estimator}`, form `{getattr(cfg, 'jac_norm_form', 'logit')}` "
+          f"({_FORMS[getattr(cfg, 'jac_norm_form', 'logit')]}).\n\n" + note
+          + "\n".join(markdown_rows(rows, specs, sigmas))
           + "\n")
     if compare:
         agg = {(r["model"], r["sigma"]): (r["accuracy"], r["accuracy_std"], r["draws"])
