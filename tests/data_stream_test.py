@@ -3,6 +3,8 @@ same pixels, for the same seed; it resumes at any step and each process reads on
 rows."""
 
 import dataclasses
+import threading
+import time
 from pathlib import Path
 
 import chex
@@ -251,3 +253,27 @@ def test_a_streamed_tfds_dataset_has_the_resident_splits(tmp_path):
     assert fp == fingerprint_lib.dataset_fingerprint(
         data.load_config(data.DataConfig("cifar10", data_dir=str(SHARED_TFDS),
                                          cache_dir=str(tmp_path), pipeline="stream")))
+
+
+class _Stuck(stream_lib.SplitRecords):
+    """Records whose example 5 never arrives (a worker stuck on a file)."""
+
+    def __getitem__(self, i):
+        if int(i) == 5:
+            threading.Event().wait(30)
+        return super().__getitem__(i)
+
+
+def test_a_stalled_stream_is_reported_not_waited_for():
+    split, mesh = _split(), parallel.make_mesh()
+    stream = BatchStream(len(split), 8, seed=0)
+    stuck_step = next(s for s in range(10) if 5 in stream.indices(s))
+    batches = stream_lib.streamed_batches(
+        _Stuck(split), stream, mesh, stop_step=10,
+        options=stream_lib.StreamOptions(threads=1, prefetch=1, stall_timeout_s=0.5))
+    t0 = time.perf_counter()
+    with pytest.raises(stream_lib.StalledStreamError, match=f"no batch for 0.5 s .batch "
+                       f"{stuck_step},"):
+        for _ in batches:
+            pass
+    assert time.perf_counter() - t0 < 10

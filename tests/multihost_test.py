@@ -107,6 +107,22 @@ def test_each_process_loads_its_own_half_of_every_batch(two_process_run):
             assert (start, stop) == (i * half, (i + 1) * half)
 
 
+def test_a_two_process_stream_reads_disjoint_shards(two_process_run):
+    """Each process of a streamed run reads only its own rows of every global batch: the
+    two read sets are disjoint, make up the batch, and each process's shard equals the
+    resident path's."""
+    from jkt.data.batches import BatchStream
+
+    worker, infos, _ = two_process_run
+    stream = BatchStream(24, worker.GLOBAL_BATCH, seed=3)
+    half = worker.GLOBAL_BATCH // 2
+    for i, info in enumerate(infos):
+        want = [int(j) for s in range(worker.NUM_STEPS)
+                for j in stream.indices(s)[i * half:(i + 1) * half]]
+        assert info["streamed_reads"] == sorted(want), i
+    assert all(info["streamed_equals_resident"] for info in infos)
+
+
 def test_two_process_training_equals_one_device(two_process_run):
     worker, _, results = two_process_run
     # Both processes hold the same replicated state.

@@ -130,6 +130,41 @@ def run_fused_steps(mesh):
     return [local_numpy(fused.unstack_state(states, r).params) for r in range(2)]
 
 
+class RecordingRecords:
+    """The records of a split, remembering which examples this process read."""
+
+    def __init__(self, split):
+        from jkt.data import stream as stream_lib
+
+        self.inner, self.read = stream_lib.SplitRecords(split), []
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __getitem__(self, i):
+        self.read.append(int(i))
+        return self.inner[i]
+
+
+def streamed_reads(mesh) -> tuple[list[int], bool]:
+    """The examples this process reads (sorted) for ``NUM_STEPS`` streamed batches, and
+    whether its shard of every streamed batch equals the resident path's."""
+    from jkt.data import stream as stream_lib
+    from jkt.data.batches import BatchStream, make_batch
+
+    split = tiny_split()
+    stream = BatchStream(len(split), GLOBAL_BATCH, seed=3)
+    records = RecordingRecords(split)
+    same = True
+    batches = stream_lib.streamed_batches(records, stream, mesh, stop_step=NUM_STEPS)
+    for i, batch in enumerate(batches):
+        resident = make_batch(split, stream.indices(i), mesh)
+        for k in ("image", "label"):
+            same &= bool(np.array_equal(np.asarray(batch[k].addressable_data(0)),
+                                        np.asarray(resident[k].addressable_data(0))))
+    return sorted(records.read), same
+
+
 def main(out_dir: str) -> None:
     import jax
 
@@ -154,6 +189,7 @@ def main(out_dir: str) -> None:
     info = {"joined": joined, "process_index": me, "process_count": jax.process_count(),
             "global_devices": jax.device_count(), "local_devices": jax.local_device_count(),
             "rows": rows}
+    info["streamed_reads"], info["streamed_equals_resident"] = streamed_reads(mesh)
     (out / f"process{me}.json").write_text(json.dumps(info))
     if joined:
         jax.distributed.shutdown()

@@ -67,11 +67,16 @@ def _variables(workdir, cfg, mesh):
     return host(loop.final_variables(workdir, cfg, CLASSES, (SIDE, SIDE, 3), mesh)[1])
 
 
-@pytest.mark.parametrize("batching", ["cycle", "epoch"])
-def test_a_streamed_run_equals_the_resident_run(datasets, tiny_model, tmp_path, batching):
+@pytest.mark.parametrize("batching,augment", [("cycle", "none"), ("epoch", "none"),
+                                              ("cycle", "crop+flip")])
+def test_a_streamed_run_equals_the_resident_run(datasets, tiny_model, tmp_path, batching,
+                                                augment):
+    """Same batches in the same order; with augmentation on too, as it runs inside the
+    step on those batches with the run's own keys."""
     resident, streamed = datasets
     mesh = parallel.make_mesh(jax.devices()[:2])
-    cfg = _cfg(batching)  # 20 images, batch 8: epochs of 8 + 8 + 4 (epoch) cross step 3
+    # 20 images, batch 8: epochs of 8 + 8 + 4 (epoch) cross step 3
+    cfg = _cfg(batching, augment=augment)
     want = _run(resident, cfg, tmp_path / "resident", mesh)
     got = _run(streamed, cfg, tmp_path / "streamed", mesh)
     assert got.accuracy == want.accuracy and set(got.accuracy) == {"val", "test"}

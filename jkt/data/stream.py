@@ -27,6 +27,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import queue
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -83,11 +85,18 @@ class _EvalRows:
 class StreamOptions:
     """How a stream reads: ``workers`` processes (0: threads of this process only),
     ``threads`` per reader, ``prefetch`` batches read ahead (at least ``threads``, or Grain
-    uses fewer threads)."""
+    uses fewer threads); a batch that takes longer than ``stall_timeout_s`` to arrive (a
+    worker stuck on a file, unreachable storage) stops the run with
+    :class:`StalledStreamError` instead of hanging."""
 
     workers: int = 0
     threads: int = 8
     prefetch: int = 8
+    stall_timeout_s: float = 600.0
+
+
+class StalledStreamError(TimeoutError):
+    """No batch came from the input pipeline within ``StreamOptions.stall_timeout_s``."""
 
 
 def _read_ahead(read: Callable[[int], dict], start: int, stop: int,
@@ -102,7 +111,7 @@ def _read_ahead(read: Callable[[int], dict], start: int, stop: int,
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=options.workers))
     it = iter(ds)
     try:
-        yield from it
+        yield from _with_deadline(it, start, options)
     finally:  # the worker processes end with the stream, however it is left
         close = getattr(it, "close", None)
         if close is not None:
@@ -110,6 +119,49 @@ def _read_ahead(read: Callable[[int], dict], start: int, stop: int,
                 close()
             except Exception:  # noqa: BLE001 - Grain's shutdown of workers never started
                 pass
+
+
+def _with_deadline(it: Iterator[dict], start: int, options: StreamOptions) -> Iterator[dict]:
+    """The items of ``it``, pulled by a helper thread; one that takes longer than
+    ``options.stall_timeout_s`` raises :class:`StalledStreamError` naming it."""
+    items: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def pump():
+        try:
+            for item in it:
+                while not stop.is_set():
+                    try:
+                        items.put(("item", item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put(("end", None))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            items.put(("error", e))
+
+    threading.Thread(target=pump, daemon=True, name="jkt-stream").start()
+    k = start
+    try:
+        while True:
+            try:
+                kind, item = items.get(timeout=options.stall_timeout_s)
+            except queue.Empty:
+                raise StalledStreamError(
+                    f"the input pipeline gave no batch for {options.stall_timeout_s:g} s "
+                    f"(batch {k}, {options.workers} worker process(es)): a worker is stuck "
+                    "on a file or the storage does not answer; rerun the same command to "
+                    "resume from the last checkpoint") from None
+            if kind == "end":
+                return
+            if kind == "error":
+                raise item
+            yield item
+            k += 1
+    finally:
+        stop.set()
 
 
 def streamed_batches(records, stream: BatchStream, mesh: Mesh, start_step: int = 0,
@@ -166,6 +218,7 @@ def read_all(records, indices: Sequence[int] | None = None) -> Split:
     return Split(np.stack([im for im, _ in items]), np.array([lab for _, lab in items]))
 
 
-__all__ = ["FolderRecords", "SplitRecords", "StreamOptions", "Subset", "TfdsRecords",
+__all__ = ["FolderRecords", "SplitRecords", "StalledStreamError", "StreamOptions", "Subset",
+           "TfdsRecords",
            "UnreadableImageError", "folder_records", "folder_splits", "read_all",
            "streamed_batches", "streamed_eval_batches"]
