@@ -38,6 +38,7 @@ RECORD_MAY_CHANGE = ("train.progress", "train.log_every", "train.checkpoint_ever
 # "train.optim.batching" and a teacher record's "optim.batching").
 RECORD_ADDED: dict[str, object] = {
     "optim.batching": "cycle",
+    "data.unreadable": "error",
     # Objective terms and options after the paper's six (jkt.train.objective): off, or
     # their defaults, in records written before them.
     "objective.kd": 0.0,

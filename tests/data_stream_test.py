@@ -110,6 +110,12 @@ def test_an_unreadable_streamed_image_is_named(image_folder, tmp_path):
     records = stream_lib.folder_records(root, image_size=8)
     with pytest.raises(stream_lib.UnreadableImageError, match=r"b/0.png"):
         records[1]
+    skipping = stream_lib.folder_splits(root, image_size=8, on_unreadable="skip")[0]
+    with pytest.warns(UserWarning, match=r"b/0.png.*in its place: .*a/0.png; 1 unreadable"):
+        image, label = skipping[1]
+    want_image, want_label = records[0]
+    np.testing.assert_array_equal(image, want_image)
+    assert label == want_label
     with pytest.raises(ValueError, match="extract the archive"):
         stream_lib.folder_records(root / "a" / "0.png")
 

@@ -63,7 +63,7 @@ def _folder(cfg: DataConfig, path: str):
     if cfg.pipeline == "auto" and ("://" in path or not os.path.isdir(path)):
         return None
     train, test = records_lib.folder_splits(path, image_size=cfg.image_size,
-                                            resize=cfg.resize)
+                                            resize=cfg.resize, on_unreadable=cfg.unreadable)
     if cfg.pipeline == "auto" and not _too_big(len(train), cfg.image_size):
         return None
     return train, test, train.class_names

@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import warnings
 
 import numpy as np
 
@@ -117,13 +118,17 @@ class FolderRecords(_Source):
     label ``labels[i]``, an index of ``class_names``; images become ``image_size`` squares
     as in :func:`jkt.data.folder.load_folder`. Fingerprint: the files' names (relative to
     their common folder), sizes and mtimes, the labels, class names, ``image_size`` and
-    ``resize`` (one ``stat`` a file, nothing read)."""
+    ``resize`` (one ``stat`` a file, nothing read). ``on_unreadable``: ``"error"`` (an
+    unreadable image stops the run, named) or ``"skip"`` (the next readable image of the
+    listing, with its label, takes its place, with a warning naming it and counting the
+    skips of this reader)."""
 
     files: tuple[str, ...]
     labels: np.ndarray
     class_names: tuple[str, ...]
     image_size: int
     resize: str = "stretch"
+    on_unreadable: str = "error"
 
     def __len__(self) -> int:
         return len(self.files)
@@ -142,6 +147,27 @@ class FolderRecords(_Source):
         return h.hexdigest()
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+        try:
+            return self._read(i)
+        except UnreadableImageError as e:
+            if self.on_unreadable != "skip":
+                raise
+            error = e
+        skipped = self.__dict__.setdefault("_skipped", set())
+        skipped.add(self.files[i])
+        for k in range(1, len(self.files)):
+            j = (i + k) % len(self.files)
+            try:
+                item = self._read(j)
+            except UnreadableImageError:
+                skipped.add(self.files[j])
+                continue
+            warnings.warn(f"skipped {error} (in its place: {self.files[j]}; {len(skipped)} "
+                          "unreadable image(s) skipped by this reader so far)", stacklevel=2)
+            return item
+        raise error
+
+    def _read(self, i: int) -> tuple[np.ndarray, int]:
         path = self.files[i]
         try:
             with open(path, "rb") as f:
@@ -154,8 +180,8 @@ class FolderRecords(_Source):
         return image, int(self.labels[i])
 
 
-def folder_splits(path, *, image_size: int = 224, resize: str = "stretch"
-                  ) -> tuple[FolderRecords, FolderRecords | None]:
+def folder_splits(path, *, image_size: int = 224, resize: str = "stretch",
+                  on_unreadable: str = "error") -> tuple[FolderRecords, FolderRecords | None]:
     """``(train, test)`` of the local image folder ``path``, listed (not decoded, one walk)
     in the layouts :func:`jkt.data.folder.load_folder` reads but the MIT lists: class names
     sorted, files in name order, as there; ``test`` is ``None`` for a folder without a test
@@ -188,7 +214,7 @@ def folder_splits(path, *, image_size: int = 224, resize: str = "stretch"
         chosen = sorted(n for n, (p, _) in assignment.items() if p in want)
         return FolderRecords(tuple(os.path.join(root, n) for n in chosen),
                              np.array([ids[assignment[n][1]] for n in chosen], np.int32),
-                             class_names, image_size, resize)
+                             class_names, image_size, resize, on_unreadable)
 
     has_test = any(p == "test" for p, _ in assignment.values())
     return part(("train", "all")), part(("test",)) if has_test else None

@@ -13,6 +13,7 @@ VALIDATION_POLICIES = ("held_out", "unused", "none")
 AUGMENTATIONS = ("none", "crop", "crop+flip")
 RESIZE_POLICIES = ("stretch", "crop")
 PIPELINES = ("resident", "stream", "auto")
+UNREADABLE = ("error", "skip")
 AUTO_STREAM_FRACTION = 0.5
 """``pipeline="auto"`` streams when the decoded train split would need more than this
 fraction of the host memory available."""
@@ -54,6 +55,10 @@ class DataConfig:
         :data:`AUTO_STREAM_FRACTION` (50 %) of ``jkt.resources.host_memory_available()``,
         and for a dataset that only streams; else ``"resident"`` (always for ``digits``,
         archives and URIs, which cannot stream).
+      unreadable: what a streamed ``folder:`` does with an image it cannot read or decode:
+        ``"error"`` (stop, naming the file) or ``"skip"`` (the next readable image of the
+        listing takes its place, with a warning and a count). The resident loader skips
+        unreadable files with a count when it decodes the folder.
     """
 
     name: str = "digits"
@@ -65,6 +70,7 @@ class DataConfig:
     resize: Literal["stretch", "crop"] = "stretch"
     cache_dir: str | None = None
     pipeline: Literal["resident", "stream", "auto"] = "resident"
+    unreadable: Literal["error", "skip"] = "error"
 
     def __post_init__(self):
         if not self.name:
@@ -73,7 +79,8 @@ class DataConfig:
         check_int("data.image_size", self.image_size)
         check_number("data.val_fraction", self.val_fraction, 0, 1, high_open=True)
         for field, valid in (("validation", VALIDATION_POLICIES), ("augment", AUGMENTATIONS),
-                             ("resize", RESIZE_POLICIES), ("pipeline", PIPELINES)):
+                             ("resize", RESIZE_POLICIES), ("pipeline", PIPELINES),
+                             ("unreadable", UNREADABLE)):
             if getattr(self, field) not in valid:
                 raise ValueError(f"data.{field} must be one of {', '.join(valid)}; got "
                                  f"{getattr(self, field)!r}")
