@@ -31,7 +31,7 @@ from jkt.workdir_lock import WorkdirLock
 CONFIG_FILE = "config.json"
 # Fields of a run's record that may change between launches without changing its numbers.
 RECORD_MAY_CHANGE = ("train.progress", "train.log_every", "train.checkpoint_every",
-                     "data.cache_dir", "data.pipeline")
+                     "data.cache_dir", "data.pipeline", "data.stream_workers")
 # Config fields added after records were first written, with the value that gives the
 # behaviour of before: a stored record without one reads as having that value. Keys are
 # dotted field paths matched at the end of a record's path ("optim.batching" matches

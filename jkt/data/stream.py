@@ -99,6 +99,11 @@ class StalledStreamError(TimeoutError):
     """No batch came from the input pipeline within ``StreamOptions.stall_timeout_s``."""
 
 
+def options_of(data_cfg) -> StreamOptions:
+    """The :class:`StreamOptions` of a :class:`jkt.data.DataConfig`."""
+    return StreamOptions(workers=data_cfg.stream_workers)
+
+
 def _read_ahead(read: Callable[[int], dict], start: int, stop: int,
                 options: StreamOptions) -> Iterator[dict]:
     """``read(k)`` for ``k`` in ``[start, stop)``, in order, read ahead by Grain."""
@@ -220,5 +225,5 @@ def read_all(records, indices: Sequence[int] | None = None) -> Split:
 
 __all__ = ["FolderRecords", "SplitRecords", "StalledStreamError", "StreamOptions", "Subset",
            "TfdsRecords",
-           "UnreadableImageError", "folder_records", "folder_splits", "read_all",
+           "UnreadableImageError", "folder_records", "folder_splits", "options_of", "read_all",
            "streamed_batches", "streamed_eval_batches"]

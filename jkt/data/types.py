@@ -59,6 +59,9 @@ class DataConfig:
         ``"error"`` (stop, naming the file) or ``"skip"`` (the next readable image of the
         listing takes its place, with a warning and a count). The resident loader skips
         unreadable files with a count when it decodes the folder.
+      stream_workers: Grain worker processes that read and decode a streamed dataset's
+        batches (0: reader threads of the training process only); the number to tune on a
+        pod host (``python -m experiments.stream_bench`` measures it).
     """
 
     name: str = "digits"
@@ -71,6 +74,7 @@ class DataConfig:
     cache_dir: str | None = None
     pipeline: Literal["resident", "stream", "auto"] = "resident"
     unreadable: Literal["error", "skip"] = "error"
+    stream_workers: int = 0
 
     def __post_init__(self):
         if not self.name:
@@ -84,6 +88,7 @@ class DataConfig:
             if getattr(self, field) not in valid:
                 raise ValueError(f"data.{field} must be one of {', '.join(valid)}; got "
                                  f"{getattr(self, field)!r}")
+        check_int("data.stream_workers", self.stream_workers, 0)
 
 
 class DatasetNotFoundError(FileNotFoundError):

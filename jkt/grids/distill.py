@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from jkt import checkpoint, data, parallel
 from jkt import config as config_lib
 from jkt.data.fingerprint import dataset_fingerprint
+from jkt.data.stream import options_of
 from jkt.data.types import DataConfig
 from jkt.grids import record
 from jkt.grids.validate import (
@@ -164,6 +165,7 @@ def load_teacher(cfg: DistillConfig, ds: data.Dataset, workdir: Path, mesh, stop
                          model_options=cfg.teacher_options, optim=cfg.teacher_optim,
                          max_steps=cfg.teacher_max_steps, checkpoint_every=cfg.checkpoint_every,
                          progress=cfg.progress, augment=cfg.data.augment, mesh=mesh, stop=stop,
+                         stream_options=options_of(cfg.data),
                          trust_unverified=cfg.trust_teacher)
 
 
@@ -242,7 +244,7 @@ def run(cfg: DistillConfig, *, mesh=None, stop=None) -> list[dict]:
                     num_classes=ds.num_classes, mean=ds.mean, std=ds.std, workdirs=run_dirs,
                     teacher=teacher, mesh=mesh, descs=names,
                     mode="unroll" if cfg.fusion == "off" else cfg.fusion, steps=steps,
-                    stop=stop)
+                    stop=stop, stream_options=options_of(cfg.data))
             except NonFiniteLossError as e:
                 raise NonFiniteLossError(f"run {' / '.join(names)}: {e}") from e
             skipped = time.time() - t0 < 0.5

@@ -22,6 +22,7 @@ from jkt import config as config_lib
 from jkt import data, jacobian, parallel, paths
 from jkt.data import transforms
 from jkt.data.fingerprint import dataset_fingerprint
+from jkt.data.stream import options_of
 from jkt.data.types import DataConfig
 from jkt.grids import record
 from jkt.grids.validate import check_model, check_non_negative, check_steps, start
@@ -207,7 +208,8 @@ def run(p: RobustnessConfig, *, mesh=None, stop=None) -> list[dict]:
                 res, = train_and_evaluate([cfg], ds.train, {"val": ds.val, "test": ds.test},
                                           num_classes=ds.num_classes, mean=ds.mean, std=ds.std,
                                           workdirs=[run_dir], mesh=mesh, descs=[spec.name],
-                                          steps=steps, stop=stop)
+                                          steps=steps, stop=stop,
+                                          stream_options=options_of(cfg.data))
             except NonFiniteLossError as e:
                 raise NonFiniteLossError(f"model {spec.name}: {e}") from e
             noise = noise_result(p, cfg, ds, run_dir, mesh, steps=steps)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from jkt import data, parallel
+from jkt.data.stream import options_of
 from jkt.data.types import DataConfig
 from jkt.grids.validate import check_model, check_steps
 from jkt.models.teacher import Teacher
@@ -55,6 +56,7 @@ def run(cfg: TeacherConfig, *, mesh=None, stop=None) -> Teacher:
                          optim=cfg.optim, max_steps=cfg.max_steps, seed=cfg.seed,
                          checkpoint_every=cfg.checkpoint_every, progress=cfg.progress,
                          augment=cfg.data.augment, mesh=mesh, stop=stop,
+                         stream_options=options_of(cfg.data),
                          trust_unverified=cfg.trust_teacher,
                          record_name="teacher.json")  # config.json: the launch's config
 

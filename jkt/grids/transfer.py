@@ -23,6 +23,7 @@ from jkt import config as config_lib
 from jkt.data import Dataset
 from jkt.data.classes import source_target_split
 from jkt.data.fingerprint import dataset_fingerprint
+from jkt.data.stream import options_of
 from jkt.data.types import DataConfig
 from jkt.grids import record
 from jkt.grids.validate import (
@@ -279,6 +280,7 @@ def pretrained_student(cfg: TransferConfig, source: Dataset | None, t_classes: i
                             max_steps=cfg.teacher_max_steps, checkpoint_every=cfg.checkpoint_every,
                             progress=cfg.progress, mesh=mesh, seed=SOURCE_STUDENT_SEED,
                             augment=cfg.data.augment, stop=stop,
+                            stream_options=options_of(cfg.data),
                             trust_unverified=cfg.trust_teacher)
     if art.meta.num_classes != t_classes:
         raise ValueError(f"source-pretrained student has {art.meta.num_classes} classes, the "
@@ -294,6 +296,7 @@ def load_teacher(cfg: TransferConfig, source: Dataset | None, mesh, stop=None) -
                          model_options=cfg.teacher_options, optim=cfg.teacher_optim,
                          max_steps=cfg.teacher_max_steps, checkpoint_every=cfg.checkpoint_every,
                          progress=cfg.progress, augment=cfg.data.augment, mesh=mesh, stop=stop,
+                         stream_options=options_of(cfg.data),
                          trust_unverified=cfg.trust_teacher)
 
 
@@ -357,7 +360,7 @@ def run(cfg: TransferConfig, *, mesh=None, stop=None) -> dict[str, list[dict]]:
                     num_classes=target.num_classes, mean=teacher.meta.mean,
                     std=teacher.meta.std, workdirs=[run_dir], teacher=teacher, mesh=mesh,
                     init_variables=oracle_init if r.method == "oracle" else None,
-                    descs=[r.name], steps=steps, stop=stop)
+                    descs=[r.name], steps=steps, stop=stop, stream_options=options_of(cfg.data))
             except NonFiniteLossError as e:
                 raise NonFiniteLossError(f"run {r.name}: {e}") from e
             rows[r.kind].append(result_row(r, res, run_dir,

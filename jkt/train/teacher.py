@@ -21,7 +21,8 @@ def train_teacher(ds: Dataset, out, *, arch: str = "vgg9", model_options: dict |
                   optim: OptimConfig = CIFAR_RECIPE, max_steps: int | None = None, seed: int = 0,
                   checkpoint_every: int = 1000, progress: bool = True,
                   augment: str = "crop+flip", mesh=None, stop=None,
-                  record_name: str = "config.json", trust_unverified: bool = False) -> Teacher:
+                  record_name: str = "config.json", trust_unverified: bool = False,
+                  stream_options=None) -> Teacher:
     """Trains ``arch`` with cross-entropy on ``ds.train`` (validated on ``ds.val`` when it
     has images) and writes a teacher artifact to ``out/artifact`` (resumable checkpoints
     under ``out/run``, checkpointed every ``checkpoint_every`` steps; ``augment`` as in
@@ -51,7 +52,8 @@ def train_teacher(ds: Dataset, out, *, arch: str = "vgg9", model_options: dict |
         result, = train_and_evaluate([cfg], ds.train, {"val": ds.val, "test": ds.test},
                                      num_classes=ds.num_classes, mean=ds.mean, std=ds.std,
                                      workdirs=[out / "run"], mesh=mesh,
-                                     descs=[f"teacher {arch}"], stop=stop)
+                                     descs=[f"teacher {arch}"], stop=stop,
+                                     stream_options=stream_options)
     except NonFiniteLossError as e:
         raise NonFiniteLossError(f"teacher {arch} in {out}: {e}") from e
     _, variables = final_variables(out / "run", cfg, ds.num_classes, ds.image_shape, mesh=mesh)
