@@ -209,7 +209,7 @@ def run(p: RobustnessConfig, *, mesh=None, stop=None) -> list[dict]:
                                           num_classes=ds.num_classes, mean=ds.mean, std=ds.std,
                                           workdirs=[run_dir], mesh=mesh, descs=[spec.name],
                                           steps=steps, stop=stop,
-                                          stream_options=options_of(cfg.data))
+                                          stream_options=options_of(p.data))
             except NonFiniteLossError as e:
                 raise NonFiniteLossError(f"model {spec.name}: {e}") from e
             noise = noise_result(p, cfg, ds, run_dir, mesh, steps=steps)
