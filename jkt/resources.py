@@ -203,19 +203,22 @@ def count_files(path, keep: Callable[[str], bool]) -> int | None:
 
 
 def check_decode(path, image_size: int, keep: Callable[[str], bool],
-                 workers: int | None = None) -> None:
+                 workers: int | None = None, *, num_images: int | None = None) -> None:
     """Refuses (one :class:`ResourceError` line naming ``--image-size``) to decode the
-    images of ``path`` (those ``keep`` accepts, :func:`count_files`; at least one when they
-    cannot be counted cheaply) at ``image_size`` when :func:`decode_bytes` exceeds
-    :data:`FRACTION` of :func:`host_memory_available`. A folder or archive that cannot be
-    listed is left to the reader, which names the problem."""
+    images of ``path`` (``num_images`` when the caller has counted them, else those
+    ``keep`` accepts, :func:`count_files`; at least one when they cannot be counted cheaply)
+    at ``image_size`` when :func:`decode_bytes` exceeds :data:`FRACTION` of
+    :func:`host_memory_available`. A folder or archive that cannot be listed is left to
+    the reader, which names the problem."""
     import tarfile
     import zipfile
 
-    try:
-        n = count_files(path, keep)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, tarfile.TarError):
-        return  # a damaged archive: its reader says so
+    n = num_images
+    if n is None:
+        try:
+            n = count_files(path, keep)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, tarfile.TarError):
+            return  # a damaged archive: its reader says so
     # The threads of jkt.data.folder._read_all's default pool.
     workers = workers or min(32, (os.cpu_count() or 1) + 4)
     what = (f"decoding {n:,} images of {path} at {image_size}x{image_size} px" if n

@@ -277,15 +277,16 @@ def _check_same_classes(assignment: dict[str, tuple[str, str]], path) -> None:
                      f"{hint}; give both the same class folders")
 
 
-def _cache_file(path: epath.Path, image_size: int, cache_dir, resize: str = "stretch") -> Path:
+def _cache_file(path: epath.Path, image_size: int, cache_dir, resize: str = "stretch",
+                files: list[tuple[str, int, int]] | None = None) -> Path:
     """The cache entry of ``path`` decoded at ``image_size`` with the ``resize`` policy; MIT
-    lists beside it count too."""
+    lists beside it count too (``files``: ``path``'s listing, if the caller has it)."""
     lists = []
     for fname in MIT_LISTS.values():
         beside = path.parent / fname
         if beside.is_file():
             lists.append(cache_lib.list_files(beside))
-    key = (cache_lib.fingerprint(path), lists, image_size)
+    key = (cache_lib.fingerprint(path, files), lists, image_size)
     if resize != "stretch":  # the stretch entries keep the key they always had
         key = (*key, resize)
     suffix = "" if resize == "stretch" else f"-{resize}"
@@ -337,7 +338,8 @@ def load_folder(
         raise ValueError(f"{path} is neither a folder nor a .zip/.tar/.tar.gz/.tar.xz archive")
     if resize not in RESIZE_POLICIES:
         raise ValueError(f"resize must be one of {', '.join(RESIZE_POLICIES)}, got {resize!r}")
-    cache_file = _cache_file(path, image_size, cache_dir, resize)
+    files = cache_lib.list_files(path)  # the cache key, and a folder's count for the check
+    cache_file = _cache_file(path, image_size, cache_dir, resize, files)
     z = cache_lib.load_arrays(cache_file, _CACHE_KEYS)
     if z is not None:
         train = Split(z["train_images"], z["train_labels"])
@@ -348,7 +350,8 @@ def load_folder(
     # An image size whose decoded arrays cannot fit is one line now, not a kill later.
     from jkt import resources
 
-    resources.check_decode(path, image_size, _is_image, workers)
+    num_images = sum(_is_image(n) for n, _, _ in files) if path.is_dir() else None
+    resources.check_decode(path, image_size, _is_image, workers, num_images=num_images)
     t0 = time.perf_counter()
     images, texts, bad = _read_all(path, image_size, workers, resize=resize)
     assignment, layout = _assign(sorted(images), _find_lists(texts, path))
